@@ -1,0 +1,70 @@
+# modelyard: `make run` (whole stack + one pipeline run + serving), `make test`, `make down`.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Telemetry off for everything make starts, and no hub look-ups (see infra/env.sh for the stack's env).
+export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \
+       RAY_USAGE_STATS_ENABLED=0 DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false
+
+.PHONY: help setup data up run down status test test-fast repro bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@echo "==> creating $(VENV) and installing the pinned stack (requirements.lock); takes a few minutes once"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --progress-bar off -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with the pinned dependencies (once; reused afterwards)
+
+data: setup  ## fetch Fashion-MNIST into data/ (reuses what is there) and export sample images
+	$(BIN)/modelyard fetch
+	$(BIN)/modelyard samples
+
+up: setup  ## start Prefect server, MLflow server, Ray head and the deployment runner
+	infra/stack.sh up
+
+run: data up  ## everything: install, fetch, start the stack, run the pipeline once, serve the champion
+	source infra/env.sh
+	echo "==> running the training-pipeline deployment (follow it in the Prefect UI too)"
+	$(BIN)/python -m pipelines.trigger
+	echo
+	echo "  Prefect UI      http://127.0.0.1:$$PREFECT_PORT"
+	echo "  MLflow UI       http://127.0.0.1:$$MLFLOW_PORT"
+	echo "  Ray dashboard   http://127.0.0.1:$$RAY_DASHBOARD_PORT"
+	echo "  Predictions     http://127.0.0.1:$$SERVE_PORT  (GET /health, GET /model, POST /predict; docs at /docs)"
+	echo
+	echo "Classify a real test image:"
+	echo "  curl -F file=@data/samples/shirt.png http://127.0.0.1:$$SERVE_PORT/predict"
+	echo "Stop everything with: make down"
+
+down:  ## stop everything `make up` / `make run` started (by recorded pids)
+	infra/stack.sh down
+
+status:  ## which stack services are running
+	infra/stack.sh status
+
+test: setup  ## run the whole test suite (starts real Ray, MLflow, Prefect and Ray Serve in-process)
+	$(BIN)/python -m pytest tests
+
+test-fast: setup  ## unit and data tests only
+	$(BIN)/python -m pytest tests/unit tests/data
+
+repro: setup  ## dvc repro with the embedded defaults (no server needed)
+	env -u MLFLOW_TRACKING_URI -u RAY_ADDRESS -u PREFECT_API_URL PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+bench: setup  ## benchmarks (print ratios against a baseline measured in the same run)
+	$(BIN)/python -m bench.train_step
+
+clean: down  ## remove run state and pipeline outputs (keeps .venv, data/raw and the MLflow store)
+	rm -rf .run artifacts reports data/prepared

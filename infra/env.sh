@@ -1,0 +1,26 @@
+# Environment of the local stack; sourced by infra/stack.sh and the Makefile. Everything on 127.0.0.1.
+# shellcheck shell=bash
+ROOT="${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+export RUN_DIR="$ROOT/.run"                       # pid files and logs of what `make up` started
+
+# Telemetry off for every tool.
+export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \
+       MLFLOW_ENABLE_TELEMETRY=false RAY_USAGE_STATS_ENABLED=0 DVC_NO_ANALYTICS=1 \
+       HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false
+
+export PREFECT_PORT="${PREFECT_PORT:-4200}" MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+export RAY_PORT="${RAY_PORT:-6379}" RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}" SERVE_PORT="${SERVE_PORT:-8000}"
+
+# Prefect keeps its database and settings inside the project, not in ~/.prefect.
+export PREFECT_HOME="$ROOT/.run/prefect"
+export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
+export PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT="$PREFECT_PORT"
+export PREFECT_UI_API_URL="$PREFECT_API_URL"
+
+# MLflow: the server fronts the same sqlite store and artifact folder the embedded default uses.
+export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+
+# Ray: clients find the head here; `ray start` clusters use token auth (the token lives in ~/.ray).
+export RAY_ADDRESS="127.0.0.1:$RAY_PORT"
+export RAY_AUTH_MODE=token

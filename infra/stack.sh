@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Start / stop the local stack: Prefect server, MLflow server, Ray head, and the Prefect deployment runner.
+#   infra/stack.sh up | down | status
+# Each service runs in its own session (setsid); its pid is recorded in .run/<name>.pid, and `down`
+# stops exactly those process groups, nothing else on the machine.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=infra/env.sh
+source infra/env.sh
+VENV="$ROOT/.venv/bin"
+mkdir -p "$RUN_DIR/logs" mlflow/artifacts
+
+say() { printf '\033[1m[stack]\033[0m %s\n' "$*"; }
+
+running() { [[ -f "$RUN_DIR/$1.pid" ]] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
+
+start() {  # start NAME CMD...: run CMD in a new session, log to .run/logs/NAME.log, record its pid
+  local name=$1; shift
+  if running "$name"; then say "$name already running (pid $(cat "$RUN_DIR/$name.pid"))"; return; fi
+  setsid "$@" >"$RUN_DIR/logs/$name.log" 2>&1 < /dev/null &
+  echo $! >"$RUN_DIR/$name.pid"
+  say "$name started (pid $!, log .run/logs/$name.log)"
+}
+
+wait_http() {  # wait_http NAME URL TIMEOUT
+  local name=$1 url=$2 timeout=$3 t=0
+  until curl -fsS -o /dev/null "$url" 2>/dev/null; do
+    if ! running "$name"; then say "$name exited; last lines of its log:"; tail -n 30 "$RUN_DIR/logs/$name.log"; exit 1; fi
+    sleep 1; t=$((t + 1))
+    if (( t >= timeout )); then say "$name not answering at $url after ${timeout}s"; tail -n 30 "$RUN_DIR/logs/$name.log"; exit 1; fi
+  done
+  say "$name ready at $url (${t}s)"
+}
+
+up() {
+  start prefect "$VENV/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+  start mlflow "$VENV/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
+    --backend-store-uri "sqlite:///$ROOT/mlflow/mlflow.db" --default-artifact-root "file://$ROOT/mlflow/artifacts"
+  # --block keeps `ray start` in the foreground of its own session, so its pid owns the whole Ray head.
+  start ray "$VENV/ray" start --head --block --node-ip-address 127.0.0.1 --port "$RAY_PORT" \
+    --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" --num-cpus "$(nproc)" \
+    --object-store-memory 1000000000 --disable-usage-stats
+  wait_http prefect "http://127.0.0.1:$PREFECT_PORT/api/health" 120
+  wait_http mlflow "http://127.0.0.1:$MLFLOW_PORT/health" 120
+  wait_http ray "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 120
+  start runner "$VENV/python" -m pipelines.serve_deployments params.yaml
+  local t=0
+  until "$VENV/prefect" deployment inspect training-pipeline/training-pipeline >/dev/null 2>&1; do
+    running runner || { say "deployment runner exited:"; tail -n 30 "$RUN_DIR/logs/runner.log"; exit 1; }
+    sleep 2; t=$((t + 2)); (( t < 120 )) || { say "deployment not registered after 120s"; exit 1; }
+  done
+  say "deployment training-pipeline/training-pipeline registered"
+}
+
+down() {
+  local name pid
+  for name in runner ray mlflow prefect; do
+    [[ -f "$RUN_DIR/$name.pid" ]] || continue
+    pid=$(cat "$RUN_DIR/$name.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 30); do pgrep -g "$pid" >/dev/null 2>&1 || break; sleep 1; done
+      if pgrep -g "$pid" >/dev/null 2>&1; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
+      say "$name stopped (process group $pid)"
+    fi
+    rm -f "$RUN_DIR/$name.pid"
+  done
+}
+
+status() {
+  local name
+  for name in prefect mlflow ray runner; do
+    if running "$name"; then say "$name: running (pid $(cat "$RUN_DIR/$name.pid"))"; else say "$name: stopped"; fi
+  done
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

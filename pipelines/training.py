@@ -1,0 +1,49 @@
+"""The training pipeline flow: fetch -> validate -> augment -> train -> evaluate -> register (-> deploy).
+
+Its parameters are the config sections, so the Prefect UI shows a form per section (model name, epochs,
+batch size, learning rate, workers, mixed precision, ...). Sections left empty come from params.yaml.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from modelyard.config import AugmentConfig, DataConfig, ModelConfig, RegistryConfig, TrainConfig, load_config
+from modelyard.runtime import configure_environment
+from tasks.stages import (
+    augment_task,
+    deploy_task,
+    evaluate_task,
+    fetch_task,
+    register_task,
+    train_task,
+    validate_task,
+)
+
+
+@flow(name="training-pipeline", description=__doc__)
+def training_pipeline(
+    model: ModelConfig | None = None,
+    train: TrainConfig | None = None,
+    data: DataConfig | None = None,
+    augment: AugmentConfig | None = None,
+    registry: RegistryConfig | None = None,
+    deploy: bool = False,
+    params_path: str = "params.yaml",
+) -> dict[str, Any]:
+    configure_environment()
+    cfg = load_config(params_path).with_overrides(
+        {"model": model, "train": train, "data": data, "augment": augment, "registry": registry}
+    )
+    fetch_task(cfg)
+    validate_task(cfg)
+    augment_task(cfg)
+    trained = train_task(cfg)
+    metrics = evaluate_task(cfg)
+    registered = register_task(cfg)
+    result = {"train": trained, "test": metrics, "registry": registered}
+    if deploy and registered["promoted"]:
+        result["serving"] = deploy_task(cfg)
+    return result

@@ -1,0 +1,145 @@
+"""`modelyard` command line: one command per stage, each a thin call into `modelyard.stages`.
+
+    modelyard fetch | validate | augment | train | evaluate | register | pipeline
+    modelyard train --set train.epochs=3 --set train.mixed_precision=none
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from modelyard.config import ConfigError, PipelineConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+log = logging.getLogger("modelyard")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameter file (DVC params).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="Override one parameter: section.key=value (repeatable).")]
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """["train.epochs=3", "data.sources=[debian]"] -> {"train": {"epochs": 3}, "data": {"sources": ["debian"]}}."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise typer.BadParameter(f"expected section.key=value, got {item!r}", param_hint="--set")
+        section, _, name = key.partition(".")
+        out.setdefault(section, {})[name] = yaml.safe_load(raw)  # YAML scalars: 3, 0.1, true, null, [a, b]
+    return out
+
+
+def _config(params: Path, overrides: list[str] | None) -> PipelineConfig:
+    from modelyard.runtime import configure_environment, configure_logging
+
+    configure_environment()
+    configure_logging()
+    try:
+        return load_config(params, parse_overrides(overrides))
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def fetch(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Fetch the dataset into data/ (canonical source first, then the Debian package)."""
+    from modelyard import stages
+
+    typer.echo(stages.fetch(_config(params, set_)))
+
+
+@app.command()
+def validate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Run the Great Expectations suite; exit 1 with the report when the data break it."""
+    from modelyard import stages
+    from modelyard.data.validate import DataValidationError
+
+    cfg = _config(params, set_)
+    try:
+        report = stages.validate(cfg)
+    except DataValidationError as exc:
+        typer.echo(exc.report.to_markdown(), err=True)
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{len(report.checks)} expectations met; report in {cfg.validate_.report_dir}/report.md")
+
+
+@app.command()
+def augment(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Seeded train/val split and normalisation statistics (the policy itself runs inside training)."""
+    from modelyard import stages
+
+    typer.echo(stages.augment(_config(params, set_)))
+
+
+@app.command()
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    no_track: Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")] = False,
+) -> None:
+    """Train with Ray Train (N workers); writes the model, history and TensorBoard events."""
+    from modelyard import stages
+
+    result = stages.train(_config(params, set_), track=not no_track)
+    typer.echo(json.dumps({"model_dir": result.model_dir, "run_id": result.run_id, "wall_time_s": result.wall_time_s,
+                           **{k: round(v, 4) for k, v in result.final.items()}}, indent=2))
+
+
+@app.command()
+def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Score the trained model on the test split; writes metrics.json, plots and report.md."""
+    from modelyard import stages
+
+    result = stages.evaluate(_config(params, set_))
+    typer.echo(json.dumps(result.summary, indent=2))
+
+
+@app.command()
+def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Log to MLflow, register the model version, and promote it if it beats the champion."""
+    from modelyard import stages
+
+    summary = stages.register(_config(params, set_))
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "report"}, indent=2))
+
+
+@app.command()
+def pipeline(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """All stages in order, without Prefect (what `dvc repro` does, in one process)."""
+    from modelyard import stages
+
+    cfg = _config(params, set_)
+    for stage in (stages.fetch, stages.validate, stages.augment, stages.train, stages.evaluate, stages.register):
+        log.info("stage %s", stage.__name__)
+        stage(cfg)
+
+
+@app.command()
+def samples(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    out: Annotated[Path, typer.Option(help="Where to write the PNG files.")] = Path("data/samples"),
+) -> None:
+    """Write one real test image per class as PNG (for `curl -F file=@data/samples/shirt.png ...`)."""
+    from modelyard.data.samples import export_samples
+
+    paths = export_samples(_config(params, set_).data.dataset_dir, out)
+    typer.echo(f"{len(paths)} sample images in {out}/")
+
+
+@app.command("show-config")
+def show_config(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Print the resolved parameters."""
+    typer.echo(yaml.safe_dump(_config(params, set_).model_dump(mode="json", by_alias=True), sort_keys=False))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,217 @@
+"""Typed run configuration: params.yaml, validated where it enters, overridden per run.
+
+One pydantic model per stage. The same models are the CLI's flags, the Prefect flow's parameters (so the
+Prefect UI renders a form) and what gets logged to MLflow, so a value means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which dataset, where it lives, and where it may be fetched from."""
+
+    dataset: Literal["fashion_mnist"] = "fashion_mnist"
+    data_dir: str = "data"
+    sources: list[Literal["canonical", "debian"]] = Field(default_factory=lambda: ["canonical", "debian"])
+    train_limit: int | None = Field(default=None, gt=0, description="Keep only the first N training images.")
+    test_limit: int | None = Field(default=None, gt=0, description="Keep only the first N test images.")
+
+    @field_validator("sources")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("data.sources must name at least one source")
+        return v
+
+    @property
+    def dataset_dir(self) -> Path:
+        return Path(self.data_dir) / self.dataset
+
+
+class ValidateConfig(_Section):
+    """Bounds of the Great Expectations suite."""
+
+    report_dir: str = "reports/validation"
+    min_class_fraction: float = Field(0.05, ge=0, le=1)
+    max_class_fraction: float = Field(0.20, ge=0, le=1)
+    max_train_test_overlap: float = Field(0.01, ge=0, le=1)
+
+
+class AugmentConfig(_Section):
+    """Train/val split, normalisation statistics and the seeded augmentation policy."""
+
+    prepared_dir: str = "data/prepared"
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 42
+    crop_padding: int = Field(2, ge=0, le=8)
+    hflip_prob: float = Field(0.5, ge=0, le=1)
+    erasing_prob: float = Field(0.25, ge=0, le=1)
+    erasing_scale: tuple[float, float] = (0.02, 0.15)
+    erasing_ratio: tuple[float, float] = (0.3, 3.3)
+
+    @field_validator("erasing_scale", "erasing_ratio")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"expected 0 < low <= high, got {list(v)}")
+        return v
+
+
+class ModelConfig(_Section):
+    """The architecture: a name in the model registry and its size knobs."""
+
+    name: Literal["cnn", "mlp"] = "cnn"
+    width: int = Field(32, ge=4, le=1024, description="Channels of the first block (CNN) or hidden units (MLP).")
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class TrainConfig(_Section):
+    """Optimisation and the Ray Train scaling of one training run."""
+
+    output_dir: str = "artifacts/train"
+    epochs: int = Field(8, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, description="Global batch size, split evenly across workers.")
+    learning_rate: float = Field(0.1, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    warmup_epochs: int = Field(1, ge=0)
+    num_workers: int = Field(2, ge=1, le=256)
+    use_gpu: Literal["auto", "true", "false"] = "auto"
+    mixed_precision: Literal["none", "bf16", "fp16"] = "bf16"
+    channels_last: bool = True
+    max_failures: int = Field(2, ge=0)
+    seed: int = 42
+
+    @field_validator("use_gpu", mode="before")
+    @classmethod
+    def _bool_to_str(cls, v: Any) -> Any:
+        # YAML and the Prefect form hand booleans; keep one spelling.
+        return str(v).lower() if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _batch_divisible(self) -> TrainConfig:
+        if self.batch_size < self.num_workers:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be at least train.num_workers ({self.num_workers})"
+            )
+        return self
+
+
+class EvaluateConfig(_Section):
+    output_dir: str = "artifacts/eval"
+    metrics_path: str = "artifacts/metrics.json"  # headline test metrics, what `dvc metrics show` reads
+    batch_size: int = Field(1000, ge=1)
+
+
+class RegistryConfig(_Section):
+    """Where MLflow lives and how models are named and promoted."""
+
+    tracking_uri: str | None = None
+    experiment: str = "modelyard"
+    model_name: str = Field("fashion-mnist-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+
+    def resolved_tracking_uri(self) -> str:
+        """The explicit URI, else $MLFLOW_TRACKING_URI, else the embedded sqlite store.
+
+        A relative sqlite path is made absolute here: Ray workers and Serve replicas that use the URI do
+        not run in this process's working directory.
+        """
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+        return uri
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = "/"
+    replicas: int = Field(2, ge=1)
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_upload_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Logical CPUs each replica reserves. 0 lets serving share a small machine with training (which needs
+    # a CPU per worker); reserve real CPUs on a cluster.
+    replica_cpus: float = Field(0.0, ge=0)
+
+
+class PipelineConfig(_Section):
+    """Everything one pipeline run needs."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> PipelineConfig:
+        """A copy with `{"train": {"epochs": 3}, ...}` merged in, validated again."""
+        if not overrides:
+            return self
+        merged = _deep_merge(self.model_dump(by_alias=True), overrides)
+        return PipelineConfig.model_validate(merged)
+
+    def flat(self) -> dict[str, Any]:
+        """`{"train.epochs": 8, ...}`, the shape MLflow params take."""
+        out: dict[str, Any] = {}
+        for section, values in self.model_dump(by_alias=True).items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = value
+        return out
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if value is None:
+            continue
+        if isinstance(value, BaseModel):
+            value = value.model_dump(by_alias=True)
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class ConfigError(ValueError):
+    """params.yaml (or an override) is missing, unreadable or invalid."""
+
+
+def load_config(path: str | os.PathLike[str] = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read params.yaml, apply overrides and validate the whole."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"parameter file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"parameter file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"parameter file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    try:
+        return PipelineConfig.model_validate(raw).with_overrides(overrides)
+    except ValueError as exc:
+        raise ConfigError(f"invalid parameters in {path}: {exc}") from exc

@@ -1,0 +1,193 @@
+"""The augment stage: a seeded train/val split, normalisation statistics, and the augmentation policy.
+
+The split and statistics are fitted once here and written to `<prepared_dir>/<dataset>/prepared.json`
+(plus the split indices); the policy is applied on the fly, a batch at a time, on the training device
+(see `augment_batch`), because a per-sample DataLoader is the bottleneck for datasets this small.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from modelyard.config import AugmentConfig
+from modelyard.data.dataset import load_split, read_metadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AugmentPolicy:
+    crop_padding: int = 2
+    hflip_prob: float = 0.5
+    erasing_prob: float = 0.25
+    erasing_scale: tuple[float, float] = (0.02, 0.15)
+    erasing_ratio: tuple[float, float] = (0.3, 3.3)
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig) -> AugmentPolicy:
+        return cls(
+            crop_padding=cfg.crop_padding,
+            hflip_prob=cfg.hflip_prob,
+            erasing_prob=cfg.erasing_prob,
+            erasing_scale=tuple(cfg.erasing_scale),
+            erasing_ratio=tuple(cfg.erasing_ratio),
+        )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What training needs besides the images: which rows are train/val, and how to normalise."""
+
+    dataset: str
+    train_indices: np.ndarray
+    val_indices: np.ndarray
+    mean: float
+    std: float
+    policy: AugmentPolicy
+    seed: int
+
+
+def prepare_splits(dataset_dir: str | os.PathLike[str], cfg: AugmentConfig) -> Path:
+    """Fit the split and statistics on the training set only; the test split is not read."""
+    dataset_dir = Path(dataset_dir)
+    meta = read_metadata(dataset_dir)
+    train = load_split(dataset_dir, "train")
+    train_idx, val_idx = stratified_split(train.labels, cfg.val_fraction, cfg.seed)
+    mean, std = fit_normalization(train.images[train_idx])
+    out_dir = Path(cfg.prepared_dir) / meta["name"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir / "split.npz", train=train_idx, val=val_idx)
+    doc = {
+        "dataset": meta["name"],
+        "dataset_sha256": meta["splits"]["train"]["sha256"],
+        "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction,
+        "counts": {"train": int(len(train_idx)), "val": int(len(val_idx))},
+        "normalization": {"mean": mean, "std": std},
+        "policy": asdict(AugmentPolicy.from_config(cfg)),
+    }
+    (out_dir / "prepared.json").write_text(json.dumps(doc, indent=2) + "\n")
+    log.info("split %s: %d train / %d val; mean=%.4f std=%.4f", meta["name"], len(train_idx), len(val_idx), mean, std)
+    return out_dir
+
+
+def load_prepared(prepared_dir: str | os.PathLike[str]) -> Prepared:
+    prepared_dir = Path(prepared_dir)
+    doc = json.loads((prepared_dir / "prepared.json").read_text())
+    with np.load(prepared_dir / "split.npz") as npz:
+        train_idx, val_idx = npz["train"], npz["val"]
+    policy = doc["policy"]
+    return Prepared(
+        dataset=doc["dataset"],
+        train_indices=train_idx,
+        val_indices=val_idx,
+        mean=doc["normalization"]["mean"],
+        std=doc["normalization"]["std"],
+        policy=AugmentPolicy(
+            crop_padding=policy["crop_padding"],
+            hflip_prob=policy["hflip_prob"],
+            erasing_prob=policy["erasing_prob"],
+            erasing_scale=tuple(policy["erasing_scale"]),
+            erasing_ratio=tuple(policy["erasing_ratio"]),
+        ),
+        seed=doc["seed"],
+    )
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class seeded shuffle, so train and val keep the class balance. Returns sorted index arrays."""
+    rng = np.random.default_rng(seed)
+    train_parts, val_parts = [], []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val_fraction))
+        val_parts.append(idx[:n_val])
+        train_parts.append(idx[n_val:])
+    return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
+
+
+def fit_normalization(images: np.ndarray) -> tuple[float, float]:
+    """Mean and std of pixels scaled to [0, 1] (one channel)."""
+    x = images.astype(np.float64) / 255.0
+    return float(x.mean()), float(x.std())
+
+
+# ---- batch augmentation on the training device: pure functions of (batch, generator) -----------------
+
+def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero-pad by `padding` and crop back to the input size at a random offset per image. x: (B, C, H, W)."""
+    if padding == 0:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+
+
+def random_hflip(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=gen, device=x.device) < prob
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_erasing(
+    x: torch.Tensor, prob: float, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator
+) -> torch.Tensor:
+    """Zero one random rectangle per chosen image (area fraction in `scale`, aspect ratio in `ratio`)."""
+    b, _, h, w = x.shape
+    dev = x.device
+    area = torch.empty(b, device=dev).uniform_(scale[0], scale[1], generator=gen) * h * w
+    log_r = torch.empty(b, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    aspect = torch.exp(log_r)
+    eh = torch.sqrt(area * aspect).round().clamp(1, h).long()
+    ew = torch.sqrt(area / aspect).round().clamp(1, w).long()
+    top = (torch.rand(b, generator=gen, device=dev) * (h - eh + 1)).long()
+    left = (torch.rand(b, generator=gen, device=dev) * (w - ew + 1)).long()
+    ys = torch.arange(h, device=dev)[None, :]
+    xs = torch.arange(w, device=dev)[None, :]
+    in_rows = (ys >= top[:, None]) & (ys < (top + eh)[:, None])  # (B, H)
+    in_cols = (xs >= left[:, None]) & (xs < (left + ew)[:, None])  # (B, W)
+    chosen = torch.rand(b, generator=gen, device=dev) < prob
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & chosen[:, None, None]  # (B, H, W)
+    return x.masked_fill(mask[:, None], 0.0)
+
+
+def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W) or (B, C, H, W) -> float in [0, 1], (B, C, H, W)."""
+    x = images_u8.float().div_(255.0)
+    return x.unsqueeze(1) if x.dim() == 3 else x
+
+
+def normalize(images_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 images -> standardised float (B, C, H, W): what the model sees at eval and serving time."""
+    return (to_unit(images_u8) - mean) / std
+
+
+def augment_batch(
+    images_u8: torch.Tensor, policy: AugmentPolicy, gen: torch.Generator, mean: float, std: float
+) -> torch.Tensor:
+    """uint8 batch -> augmented, standardised float batch.
+
+    Crop and flip work on [0, 1] pixels so padding is black like the background; erasing comes after
+    standardisation so erased pixels sit at the dataset mean (0), as torchvision's RandomErasing does.
+    """
+    x = to_unit(images_u8)
+    x = random_crop(x, policy.crop_padding, gen)
+    x = random_hflip(x, policy.hflip_prob, gen)
+    x = (x - mean) / std
+    if policy.erasing_prob > 0:
+        x = random_erasing(x, policy.erasing_prob, policy.erasing_scale, policy.erasing_ratio, gen)
+    return x

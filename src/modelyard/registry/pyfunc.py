@@ -1,0 +1,26 @@
+"""The MLflow pyfunc face of a modelyard model, so `mlflow.pyfunc.load_model("models:/...@champion")` works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+
+
+class ImageClassifierModel(mlflow.pyfunc.PythonModel):
+    """Input: uint8 images (N, H, W). Output: a DataFrame with label, index and one score column per class."""
+
+    def load_context(self, context: Any) -> None:
+        from modelyard.inference import Predictor
+
+        self.predictor = Predictor.from_dir(context.artifacts["model_dir"])
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        import numpy as np
+        import pandas as pd
+
+        images = np.asarray(model_input, dtype=np.uint8)
+        predictions = self.predictor.predict(images)
+        return pd.DataFrame(
+            [{"label": p.label, "index": p.index, **{f"score/{k}": v for k, v in p.scores.items()}} for p in predictions]
+        )

@@ -1,0 +1,37 @@
+"""Process setup that entry points call explicitly: telemetry off, logging on. Nothing runs at import."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# Every tool in the stack phones home unless told not to; the project's own environment tells them.
+TELEMETRY_OFF = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+}
+# No model hub is reachable from the machines this runs on; fail fast instead of retrying for 25 s.
+OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1"}
+
+
+def configure_environment() -> None:
+    """Switch telemetry off for this process and its children (values already set are kept)."""
+    for key, value in {**TELEMETRY_OFF, **OFFLINE_DEFAULTS}.items():
+        os.environ.setdefault(key, value)
+
+
+def configure_logging(level: int | str = logging.INFO) -> None:
+    """Plain, timestamped logs on stderr for entry points."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("alembic", "urllib3", "filelock", "great_expectations", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

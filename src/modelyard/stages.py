@@ -1,0 +1,149 @@
+"""One function per pipeline stage, shared by the CLI (hence `dvc repro`) and the Prefect tasks.
+
+Each reads its inputs from and writes its outputs to the paths in the config, so a stage can run alone
+(`modelyard train`), in `dvc repro`, or in a Prefect flow, with the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from modelyard.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+def prepared_dir(cfg: PipelineConfig) -> Path:
+    return Path(cfg.augment.prepared_dir) / cfg.data.dataset
+
+
+def registration_dir(cfg: PipelineConfig) -> Path:
+    return Path(cfg.evaluate.output_dir).parent / "register"
+
+
+def fetch(cfg: PipelineConfig) -> Path:
+    from modelyard.data.fetch import fetch_dataset
+
+    return fetch_dataset(cfg.data)
+
+
+def validate(cfg: PipelineConfig):
+    """Run the GX suite; raises DataValidationError (report written first) when the data break it."""
+    from modelyard.data.validate import validate_dataset
+
+    return validate_dataset(cfg.data.dataset_dir, cfg.validate_, cfg.validate_.report_dir)
+
+
+def augment(cfg: PipelineConfig) -> Path:
+    from modelyard.data.augment import prepare_splits
+
+    return prepare_splits(cfg.data.dataset_dir, cfg.augment)
+
+
+def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = None):
+    """Open the pipeline's MLflow run, train with Ray Train, and record the run id with the model."""
+    from modelyard import registry
+    from modelyard.training.distributed import train as ray_train
+
+    tracking_uri = cfg.registry.resolved_tracking_uri() if track else None
+    run_id = None
+    if tracking_uri:
+        run_id = registry.start_run(
+            tracking_uri, cfg.registry.experiment, params=cfg.flat(),
+            tags={"modelyard.stage": "train", "modelyard.model": cfg.model.name, "modelyard.dataset": cfg.data.dataset},
+        )
+        log.info("MLflow run %s at %s", run_id, tracking_uri)
+    try:
+        result = ray_train(cfg, cfg.data.dataset_dir, prepared_dir(cfg), run_id=run_id, tracking_uri=tracking_uri,
+                           ray_address=ray_address)
+    except BaseException:
+        if run_id:
+            registry.end_run(tracking_uri, run_id, status="FAILED")
+        raise
+    return result
+
+
+def evaluate(cfg: PipelineConfig):
+    from modelyard.evaluation.evaluate import evaluate as run_evaluation
+
+    train_dir = Path(cfg.train.output_dir)
+    return run_evaluation(train_dir / "model", cfg.data.dataset_dir, cfg.evaluate.output_dir,
+                          history_path=train_dir / "history.json", metrics_path=cfg.evaluate.metrics_path)
+
+
+def register(cfg: PipelineConfig) -> dict[str, Any]:
+    """Log evaluation, artifacts and lineage to the training run, register the model, decide the alias."""
+    import numpy as np
+
+    from modelyard import registry
+    from modelyard.data.dataset import load_split
+    from modelyard.evaluation.evaluate import score_model_dir
+    from modelyard.lineage import collect_lineage
+
+    tracking_uri = cfg.registry.resolved_tracking_uri()
+    train_dir, eval_dir = Path(cfg.train.output_dir), Path(cfg.evaluate.output_dir)
+    train_info = _read_json(train_dir / "train.json", "run the train stage first")
+    evaluation = _read_json(eval_dir / "evaluation.json", "run the evaluate stage first")
+    run_id = train_info.get("run_id")
+    if not run_id:
+        run_id = registry.start_run(tracking_uri, cfg.registry.experiment, params=cfg.flat(),
+                                    tags={"modelyard.stage": "register"})
+
+    metrics = {f"test/{k}": evaluation[k] for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall")}
+    metrics |= {f"test/f1/{label}": m["f1"] for label, m in evaluation["per_class"].items()}
+    metrics |= {"train/wall_time_s": train_info["wall_time_s"]}
+    registry.log_metrics(tracking_uri, run_id, {k.replace(" ", "_"): v for k, v in metrics.items()})
+    lineage = collect_lineage({
+        "dataset": cfg.data.dataset_dir, "prepared": prepared_dir(cfg), "model": train_dir / "model",
+    })
+    registry.set_tags(tracking_uri, run_id, lineage | {"test_set_sha256": evaluation["test_set_sha256"]})
+    registry.log_artifacts(tracking_uri, run_id, eval_dir, "evaluation")
+    registry.log_artifacts(tracking_uri, run_id, train_dir / "tensorboard", "tensorboard")
+    registry.log_artifacts(tracking_uri, run_id, cfg.validate_.report_dir, "validation")
+
+    test = load_split(cfg.data.dataset_dir, "test")
+    version = registry.log_model(
+        tracking_uri, run_id, train_dir / "model", cfg.registry.model_name,
+        input_example=np.ascontiguousarray(test.images[:2]), pip_requirements=_pip_requirements(),
+    )
+    registry.set_version_tags(tracking_uri, cfg.registry.model_name, version, lineage)
+    decision = registry.promote_if_better(
+        tracking_uri, cfg.registry.model_name, version,
+        metric="test.accuracy", value=float(evaluation["accuracy"]), test_set_hash=evaluation["test_set_sha256"],
+        champion_alias=cfg.registry.champion_alias, challenger_alias=cfg.registry.challenger_alias,
+        score_champion=lambda model_dir: score_model_dir(model_dir, cfg.data.dataset_dir)["accuracy"],
+    )
+    out = registration_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    report = (eval_dir / "report.md").read_text() + "\n" + decision.to_markdown()
+    (out / "report.md").write_text(report)
+    summary = {"run_id": run_id, "tracking_uri": tracking_uri, "model_uri": f"models:/{cfg.registry.model_name}/{version}",
+               **decision.to_dict()}
+    (out / "registration.json").write_text(json.dumps(summary, indent=2) + "\n")
+    registry.log_artifacts(tracking_uri, run_id, out / "report.md")
+    registry.end_run(tracking_uri, run_id)
+    log.info("registered %s v%s -> @%s: %s", cfg.registry.model_name, version, decision.alias, decision.reason)
+    return summary | {"report": report}
+
+
+def _read_json(path: Path, hint: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {hint}")
+    return json.loads(path.read_text())
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "pandas", "pillow", "mlflow")]
+
+
+def clean_outputs(cfg: PipelineConfig) -> None:
+    """Remove what the stages after fetch write (used by tests and `modelyard clean`)."""
+    for path in (prepared_dir(cfg), Path(cfg.train.output_dir), Path(cfg.evaluate.output_dir), registration_dir(cfg)):
+        shutil.rmtree(path, ignore_errors=True)
+

@@ -1,0 +1,298 @@
+"""Distributed training with Ray Train: the only module that imports `ray.train`.
+
+`train(...)` is the one function that builds ScalingConfig/RunConfig. `train_loop_per_worker` runs the
+plain steps of `loop.py` on each worker: the data sit on the worker's device, each worker takes its shard
+of a permutation shared by all (same seed), gradients are averaged by DDP (gloo on CPU, NCCL on GPU).
+Every epoch ends with a Ray checkpoint, so a run that loses a worker restarts from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelyard.config import PipelineConfig
+from modelyard.data.augment import load_prepared
+from modelyard.data.dataset import load_split, read_metadata
+from modelyard.models.artifact import ModelSpec, save_model_dir
+from modelyard.training import loop
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model_dir: str
+    run_id: str | None
+    epochs: int
+    history: list[dict[str, float]]
+    wall_time_s: float
+    num_workers: int
+    device: str
+    checkpoint_path: str
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+def train(
+    cfg: PipelineConfig,
+    dataset_dir: str | os.PathLike[str],
+    prepared_dir: str | os.PathLike[str],
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+    ray_address: str | None = None,
+) -> TrainResult:
+    """Train `cfg.model` on the prepared split with `cfg.train.num_workers` Ray workers.
+
+    Writes `<output_dir>/model/` (weights + spec), `history.json`, `train.json` and TensorBoard events
+    under `<output_dir>/tensorboard/`. Per-epoch metrics also go to the MLflow run `run_id` from rank 0.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    output_dir = Path(output_dir or cfg.train.output_dir).resolve()
+    tmp_out = output_dir.with_name(f".{output_dir.name}.partial")
+    shutil.rmtree(tmp_out, ignore_errors=True)
+    tmp_out.mkdir(parents=True)
+    started_ray = False
+    if not ray.is_initialized():
+        init_local_ray(ray_address)
+        started_ray = True
+    try:
+        use_gpu = _resolve_use_gpu(cfg.train.use_gpu, cfg.train.num_workers, ray.cluster_resources())
+        if cfg.train.mixed_precision == "fp16" and not use_gpu:
+            raise ValueError("train.mixed_precision=fp16 needs GPUs; use bf16 or none on CPU")
+        loop_config = {
+            "cfg": cfg.model_dump(mode="json", by_alias=True),
+            "dataset_dir": str(Path(dataset_dir).resolve()),
+            "prepared_dir": str(Path(prepared_dir).resolve()),
+            "output_dir": str(tmp_out),
+            "run_id": run_id,
+            "tracking_uri": tracking_uri,
+        }
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu),
+            run_config=RunConfig(
+                name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(output_dir.parent / "ray"),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            ),
+        )
+        start = time.perf_counter()
+        result = trainer.fit()
+        wall = time.perf_counter() - start
+        if result.error is not None:
+            raise RuntimeError(f"training failed: {result.error}") from result.error
+        if result.checkpoint is None:
+            raise RuntimeError("training finished without a checkpoint")
+        with result.checkpoint.as_directory() as ckpt_dir:
+            state = torch.load(Path(ckpt_dir) / "state.pt", map_location="cpu", weights_only=False)
+        history = state["history"]
+        spec = ModelSpec(**state["spec"])
+        model = spec.build()
+        model.load_state_dict(state["model"])
+        save_model_dir(model, spec, tmp_out / "model")
+        train_result = TrainResult(
+            model_dir=str(output_dir / "model"),
+            run_id=run_id,
+            epochs=len(history),
+            history=history,
+            wall_time_s=round(wall, 2),
+            num_workers=cfg.train.num_workers,
+            device="cuda" if use_gpu else "cpu",
+            checkpoint_path=result.checkpoint.path,
+        )
+        (tmp_out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+        (tmp_out / "train.json").write_text(json.dumps(asdict(train_result), indent=2) + "\n")
+        # Swap the finished output into place only now: a failed run leaves the previous output intact.
+        old = output_dir.with_name(f".{output_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if output_dir.exists():
+            output_dir.rename(old)
+        tmp_out.rename(output_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("trained %d epochs in %.1f s; val accuracy %.4f", len(history), wall,
+                 train_result.final.get("val/accuracy", float("nan")))
+        return train_result
+    finally:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        if started_ray:
+            ray.shutdown()
+
+
+def init_local_ray(address: str | None = None) -> None:
+    """Connect to `address` (or $RAY_ADDRESS); else start a small local Ray bound to 127.0.0.1."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(
+            include_dashboard=False,
+            object_store_memory=int(os.environ.get("MODELYARD_RAY_OBJECT_STORE_BYTES", 500 * 1024**2)),
+            _node_ip_address="127.0.0.1",
+        )
+
+
+def _resolve_use_gpu(setting: str, num_workers: int, resources: dict[str, float]) -> bool:
+    gpus = resources.get("GPU", 0)
+    if setting == "true":
+        if gpus < num_workers:
+            raise ValueError(f"train.use_gpu=true but the cluster has {gpus:g} GPU(s) for {num_workers} worker(s)")
+        return True
+    if setting == "false":
+        return False
+    return gpus >= num_workers
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = PipelineConfig.model_validate(config["cfg"])
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(tc.seed)
+
+    meta = read_metadata(config["dataset_dir"])
+    prepared = load_prepared(config["prepared_dir"])
+    train_split = load_split(config["dataset_dir"], "train")
+    images = torch.from_numpy(train_split.images).to(device)  # uint8 (N, H, W), resident
+    labels = torch.from_numpy(train_split.labels).to(device)
+    # Every worker gets an equal share, so all run the same number of steps (DDP needs that).
+    per_worker_train = len(prepared.train_indices) // world
+    val_idx = torch.from_numpy(prepared.val_indices)[rank::world].to(device)
+    local_batch = max(1, tc.batch_size // world)
+
+    height, width = train_split.images.shape[1:]
+    spec = ModelSpec(
+        family=cfg.model.name,
+        args={"in_channels": 1, "num_classes": len(meta["classes"]), "width": cfg.model.width,
+              "dropout": cfg.model.dropout, "image_size": [int(height), int(width)]},
+        labels=list(meta["classes"]),
+        input={"kind": "image", "channels": 1, "height": int(height), "width": int(width), "dtype": "uint8"},
+        normalization={"mean": prepared.mean, "std": prepared.std},
+        extra={"dataset": meta["name"], "dataset_sha256": meta["splits"]["train"]["sha256"]},
+    )
+    model = spec.build().to(device)
+    precision = loop.Precision(device=device, mode=tc.mixed_precision, channels_last=tc.channels_last)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = loop.build_optimizer(model, tc.learning_rate, tc.momentum, tc.weight_decay)
+    steps = loop.steps_per_epoch(per_worker_train, local_batch)
+    scheduler = loop.build_scheduler(optimizer, total_steps=steps * tc.epochs, warmup_steps=steps * tc.warmup_epochs)
+
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # resuming after a failure: pick up where the last checkpoint left off
+        with checkpoint.as_directory() as ckpt_dir:
+            state = torch.load(Path(ckpt_dir) / "state.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        if rank == 0:
+            log.warning("resumed from checkpoint after epoch %d", state["epoch"])
+
+    model = ray.train.torch.prepare_model(model)
+    raw_model = model.module if hasattr(model, "module") else model
+    tracker = _Rank0Tracker(config, rank)
+
+    for epoch in range(start_epoch, tc.epochs):
+        t0 = time.perf_counter()
+        gen = torch.Generator(device=device).manual_seed(tc.seed * 1000 + epoch)
+        perm = torch.randperm(len(prepared.train_indices), generator=torch.Generator().manual_seed(tc.seed + epoch))
+        shard = torch.from_numpy(prepared.train_indices)[perm][rank * per_worker_train:(rank + 1) * per_worker_train]
+        tr = loop.train_epoch(
+            model, images, labels, shard.to(device), batch_size=local_batch, optimizer=optimizer,
+            scheduler=scheduler, precision=precision, policy=prepared.policy, mean=prepared.mean,
+            std=prepared.std, gen=gen, label_smoothing=tc.label_smoothing,
+        )
+        train_time = time.perf_counter() - t0
+        va = loop.evaluate_indices(raw_model, images, labels, val_idx, batch_size=1000, precision=precision,
+                                   mean=prepared.mean, std=prepared.std)
+        totals = _all_reduce_sum([tr["loss_sum"], tr["correct"], tr["count"], va["loss_sum"], va["correct"], va["count"]],
+                                 device)
+        metrics = {
+            "epoch": epoch + 1,
+            "train/loss": totals[0] / max(totals[2], 1),
+            "train/accuracy": totals[1] / max(totals[2], 1),
+            "val/loss": totals[3] / max(totals[5], 1),
+            "val/accuracy": totals[4] / max(totals[5], 1),
+            "train/lr": optimizer.param_groups[0]["lr"],
+            "train/epoch_time_s": train_time,
+            "train/samples_per_s": totals[2] / train_time,
+        }
+        history.append(metrics)
+        tracker.log(metrics, step=epoch + 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save(
+                    {"model": {k: v.cpu() for k, v in raw_model.state_dict().items()},
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "epoch": epoch, "history": history, "spec": asdict(spec)},
+                    Path(tmp) / "state.pt",
+                )
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({k: v for k, v in metrics.items()}, checkpoint=checkpoint)
+    tracker.close()
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+class _Rank0Tracker:
+    """TensorBoard events and MLflow metrics, written by rank 0 only."""
+
+    def __init__(self, config: dict[str, Any], rank: int) -> None:
+        self.active = rank == 0
+        self.writer = None
+        self.run_id = config.get("run_id")
+        self.tracking_uri = config.get("tracking_uri")
+        if self.active:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(Path(config["output_dir"]) / "tensorboard"))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.active:
+            return
+        for key, value in metrics.items():
+            if key != "epoch":
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+        log.info("epoch %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"))
+        if self.run_id and self.tracking_uri:
+            from modelyard.registry import log_metrics
+
+            log_metrics(self.tracking_uri, self.run_id, metrics, step=step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,1 @@
+"""Prefect tasks: a few lines each over one modelyard stage, adding retries and artifacts."""

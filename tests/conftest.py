@@ -1,0 +1,97 @@
+"""Shared fixtures: real Fashion-MNIST through the project's own fetch code, isolated stores, free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelyard.config import DataConfig, PipelineConfig, load_config
+from modelyard.data.dataset import ImageSplit, load_split, read_metadata, write_dataset
+from modelyard.runtime import configure_environment
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+# Real data, fetched once by modelyard's own fetch stage and reused across runs (git-ignored).
+TEST_DATA_DIR = Path(os.environ.get("MODELYARD_TEST_DATA_DIR", REPO / "tests" / ".data"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    configure_environment()
+    # Tests must never talk to a stack a developer has running: drop its addresses.
+    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_AUTH_MODE"):
+        os.environ.pop(var, None)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """The full real dataset (60k train / 10k test) in the on-disk format."""
+    from modelyard.data.fetch import fetch_dataset
+
+    return fetch_dataset(DataConfig(data_dir=str(TEST_DATA_DIR)))
+
+
+@pytest.fixture(scope="session")
+def small_dataset_dir(fashion_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real subset: the first 4000 train and 1000 test images."""
+    meta = read_metadata(fashion_mnist_dir)
+    train, test = load_split(fashion_mnist_dir, "train"), load_split(fashion_mnist_dir, "test")
+    out = tmp_path_factory.mktemp("small") / "fashion_mnist"
+    write_dataset(out, {"train": ImageSplit(train.images[:4000], train.labels[:4000]),
+                        "test": ImageSplit(test.images[:1000], test.labels[:1000])},
+                  meta["classes"], source="subset of " + meta["source"], name=meta["name"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def test_sample() -> ImageSplit:
+    """200 real test images committed as a fixture (no fetch needed)."""
+    with np.load(FIXTURES / "fashion_mnist_test_200.npz") as npz:
+        return ImageSplit(npz["images"], npz["labels"])
+
+
+@pytest.fixture(scope="session")
+def class_names() -> list[str]:
+    from modelyard.data.fetch import FASHION_MNIST
+
+    return list(FASHION_MNIST.classes)
+
+
+@pytest.fixture
+def image_bytes() -> dict[str, bytes]:
+    """One real test image per class as PNG bytes, keyed by file stem ('shirt', 'ankle-boot', ...)."""
+    return {p.stem: p.read_bytes() for p in sorted((FIXTURES / "images").glob("*.png"))}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def small_config(tmp: Path, data_dir: Path, **overrides: dict) -> PipelineConfig:
+    """params.yaml with every path under `tmp` and a short, small training run."""
+    base = {
+        "data": {"data_dir": str(data_dir), "train_limit": 4000, "test_limit": 1000},
+        "validate": {"report_dir": str(tmp / "reports/validation")},
+        "augment": {"prepared_dir": str(tmp / "prepared")},
+        "train": {"output_dir": str(tmp / "artifacts/train"), "epochs": 2, "batch_size": 128, "num_workers": 2},
+        "evaluate": {"output_dir": str(tmp / "artifacts/eval"), "metrics_path": str(tmp / "artifacts/metrics.json")},
+        "registry": {"tracking_uri": f"sqlite:///{tmp / 'mlflow/mlflow.db'}", "experiment": "tests"},
+        "serve": {"port": free_port(), "replicas": 2},
+    }
+    for section, values in overrides.items():
+        base.setdefault(section, {}).update(values)
+    return load_config(REPO / "params.yaml", base)
+
+
+@pytest.fixture
+def pipeline_data_dir(fashion_mnist_dir: Path, tmp_path: Path) -> Path:
+    """A data_dir for a pipeline run of its own whose raw downloads are the shared ones (no re-download)."""
+    data_dir = tmp_path / "data"
+    (data_dir / "raw").mkdir(parents=True)
+    (data_dir / "raw" / "fashion_mnist").symlink_to(TEST_DATA_DIR / "raw" / "fashion_mnist")
+    return data_dir
