@@ -8,7 +8,7 @@ Business rules (what a usable image is, how to preprocess) live in modelyard.inf
 maps HTTP to them. Bad input gets a 4xx JSON body {"error": <code>, "detail": <message>}.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.
 
 import asyncio
 import logging
@@ -69,7 +69,7 @@ class ModelServer:
 
         torch.set_num_threads(1)  # replicas share the cores with each other (and with training)
         self.settings = settings
-        self.predictor: Predictor | None = None
+        self.predictor = None  # a Predictor once reconfigure() has loaded a version
         self.info: dict[str, Any] = {}
         self._predict_batch.set_max_batch_size(settings.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
