@@ -1,0 +1,85 @@
+"""Champion/challenger promotion against a real MLflow registry (sqlite), with real models and real data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modelyard import registry
+from modelyard.data.augment import AugmentPolicy
+from modelyard.data.dataset import load_split
+from modelyard.evaluation.evaluate import score_model_dir
+from modelyard.models.artifact import ModelSpec, save_model_dir
+from modelyard.training import loop
+
+pytestmark = pytest.mark.integration
+
+
+def make_model(tmp_path, name, dataset_dir, class_names, *, train_epochs: int):
+    """An MLP trained for `train_epochs` epochs with the plain loop (0 = untrained)."""
+    torch.manual_seed(0)
+    spec = ModelSpec(family="mlp", args={"width": 64, "dropout": 0.0}, labels=class_names,
+                     input={"kind": "image", "channels": 1, "height": 28, "width": 28, "dtype": "uint8"},
+                     normalization={"mean": 0.286, "std": 0.353})
+    model = spec.build()
+    train = load_split(dataset_dir, "train")
+    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    precision = loop.Precision(device=torch.device("cpu"))
+    opt = loop.build_optimizer(model, 0.05, 0.9, 0.0)
+    for epoch in range(train_epochs):
+        loop.train_epoch(model, images, labels, torch.arange(len(labels)), batch_size=64, optimizer=opt, scheduler=None,
+                         precision=precision, policy=AugmentPolicy(crop_padding=0, hflip_prob=0, erasing_prob=0),
+                         mean=0.286, std=0.353, gen=torch.Generator().manual_seed(epoch))
+    return save_model_dir(model.eval(), spec, tmp_path / name)
+
+
+def register(uri, name, model_dir, dataset_dir, test_hash, sample):
+    run_id = registry.start_run(uri, "registry-test", params={"model": model_dir.name})
+    version = registry.log_model(uri, run_id, model_dir, name, input_example=sample, pip_requirements=["torch"])
+    accuracy = score_model_dir(model_dir, dataset_dir)["accuracy"]
+    decision = registry.promote_if_better(
+        uri, name, version, metric="test.accuracy", value=accuracy, test_set_hash=test_hash,
+        score_champion=lambda d: score_model_dir(d, dataset_dir)["accuracy"],
+    )
+    registry.end_run(uri, run_id)
+    return decision
+
+
+def test_only_a_better_or_equal_model_takes_the_champion_alias(tmp_path, small_dataset_dir, class_names, test_sample):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    good = make_model(tmp_path, "good", small_dataset_dir, class_names, train_epochs=2)
+    bad = make_model(tmp_path, "bad", small_dataset_dir, class_names, train_epochs=0)
+    sample = np.ascontiguousarray(test_sample.images[:2])
+
+    first = register(uri, "m", good, small_dataset_dir, "hash-A", sample)
+    assert first.promoted and first.alias == "champion" and first.reason == "no champion yet"
+
+    second = register(uri, "m", bad, small_dataset_dir, "hash-A", sample)
+    assert not second.promoted and second.alias == "challenger"
+    assert second.champion_version == first.version and second.challenger_value < second.champion_value
+    assert "recorded score on the same test set" in second.reason
+    assert registry.get_version(uri, "m", alias="champion").version == first.version
+    assert registry.get_version(uri, "m", alias="challenger").version == second.version
+
+    # Same model as the champion, so equally good; the champion's own score came from another test set,
+    # so it is re-scored on this one before comparing, and a tie promotes.
+    third = register(uri, "m", good, small_dataset_dir, "hash-B", sample)
+    assert "re-scored" in third.reason
+    assert third.champion_value == pytest.approx(third.challenger_value)
+    assert third.promoted and registry.get_version(uri, "m", alias="champion").version == third.version
+
+
+def test_loading_by_alias_returns_the_registered_weights(tmp_path, small_dataset_dir, class_names, test_sample):
+    from modelyard.inference import Predictor
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    good = make_model(tmp_path, "good", small_dataset_dir, class_names, train_epochs=1)
+    register(uri, "m", good, small_dataset_dir, "hash-A", np.ascontiguousarray(test_sample.images[:2]))
+    model_dir, info = registry.download_model_dir(uri, "m", alias="champion", dst_dir=tmp_path / "dl")
+    assert info.version == "1" and "champion" in info.aliases
+    a = Predictor.from_dir(good).predict_proba(test_sample.images)
+    b = Predictor.from_dir(model_dir).predict_proba(test_sample.images)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(LookupError, match="no alias 'gold'"):
+        registry.download_model_dir(uri, "m", alias="gold")
