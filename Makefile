@@ -37,7 +37,7 @@ up: setup  ## start Prefect server, MLflow server, Ray head and the deployment r
 run: data up  ## everything: install, fetch, start the stack, run the pipeline once, serve the champion
 	source infra/env.sh
 	echo "==> running the training-pipeline deployment (follow it in the Prefect UI too)"
-	$(BIN)/python -m pipelines.trigger
+	$(BIN)/python -m pipelines.trigger --worker-log .run/logs/runner.log
 	echo
 	echo "  Prefect UI      http://127.0.0.1:$$PREFECT_PORT"
 	echo "  MLflow UI       http://127.0.0.1:$$MLFLOW_PORT"

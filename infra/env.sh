@@ -16,6 +16,7 @@ export PREFECT_HOME="$ROOT/.run/prefect"
 export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
 export PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT="$PREFECT_PORT"
 export PREFECT_UI_API_URL="$PREFECT_API_URL"
+export PREFECT_LOGGING_EXTRA_LOGGERS=modelyard,serving   # the library's logs show in the flow run's log
 
 # MLflow: the server fronts the same sqlite store and artifact folder the embedded default uses.
 export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"

@@ -6,9 +6,12 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import re
 import sys
 import time
+from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, LogFilter, LogFilterFlowRunId
@@ -18,9 +21,14 @@ from prefect.deployments import run_deployment
 DEPLOYMENT = "training-pipeline/training-pipeline"
 
 
-async def follow(flow_run_id, poll_s: float = 3.0) -> str:
-    seen_logs: set = set()
+EPOCH_LINE = re.compile(r"epoch \d+: .*")
+
+
+async def follow(flow_run_id, worker_log: Path | None = None, poll_s: float = 3.0) -> str:
+    """Print task state changes, the flow's log lines, and the training workers' epoch lines."""
+    log_offset = 0
     task_states: dict[str, str] = {}
+    worker_pos = worker_log.stat().st_size if worker_log and worker_log.exists() else 0
     start = time.monotonic()
     async with get_client() as client:
         while True:
@@ -32,12 +40,19 @@ async def follow(flow_run_id, poll_s: float = 3.0) -> str:
                     task_states[t.name] = state
                     print(f"[{time.monotonic() - start:6.0f}s] task {t.name:<14} {state}", flush=True)
             logs = await client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), sort=LogSort.TIMESTAMP_ASC
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                sort=LogSort.TIMESTAMP_ASC, offset=log_offset,
             )
+            log_offset += len(logs)
             for entry in logs:
-                if entry.id not in seen_logs:
-                    seen_logs.add(entry.id)
-                    print(f"         {entry.message.splitlines()[0][:160]}", flush=True)
+                print(f"         {entry.message.splitlines()[0][:160]}", flush=True)
+            if worker_log and worker_log.exists():
+                with worker_log.open("rb") as fh:
+                    fh.seek(worker_pos)
+                    chunk = fh.read().decode(errors="replace")
+                    worker_pos = fh.tell()
+                for match in EPOCH_LINE.finditer(chunk):
+                    print(f"         {match.group(0)[:160]}", flush=True)
             if run.state and run.state.is_final():
                 print(f"[{time.monotonic() - start:6.0f}s] flow run {run.name}: {run.state.name}", flush=True)
                 return run.state.type.value
@@ -45,9 +60,12 @@ async def follow(flow_run_id, poll_s: float = 3.0) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--worker-log", type=Path, help="log of the deployment runner, for the epoch lines")
+    args = parser.parse_args()
     flow_run = run_deployment(DEPLOYMENT, timeout=0)  # returns at once; we follow it below
     print(f"flow run {flow_run.name} ({flow_run.id}) started from {DEPLOYMENT}", flush=True)
-    state = asyncio.run(follow(flow_run.id))
+    state = asyncio.run(follow(flow_run.id, args.worker_log))
     return 0 if state == "COMPLETED" else 1
 
 

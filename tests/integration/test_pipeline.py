@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-
 from conftest import small_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

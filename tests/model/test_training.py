@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import small_config
+
 from modelyard.data.augment import prepare_splits
 from modelyard.data.dataset import load_split
 from modelyard.inference import Predictor

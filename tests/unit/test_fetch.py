@@ -1,12 +1,11 @@
 import gzip
-import os
 
 import numpy as np
 import pytest
 
 from modelyard.config import DataConfig
 from modelyard.data.dataset import DatasetError, load_split, read_metadata
-from modelyard.data.fetch import FetchError, _ensure_raw_files, FASHION_MNIST, fetch_dataset, read_idx
+from modelyard.data.fetch import FASHION_MNIST, FetchError, _ensure_raw_files, fetch_dataset, read_idx
 
 
 def test_fetch_produces_the_documented_format(fashion_mnist_dir):

@@ -110,5 +110,5 @@ class Predictor:
         result = []
         for row in probs:
             idx = int(row.argmax())
-            result.append(Prediction(self.labels[idx], idx, {l: round(float(p), 6) for l, p in zip(self.labels, row)}))
+            result.append(Prediction(self.labels[idx], idx, {label: round(float(p), 6) for label, p in zip(self.labels, row)}))
         return result

@@ -107,9 +107,9 @@ def get_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
 def log_model(tracking_uri: str, run_id: str, model_dir: str | os.PathLike[str], registered_name: str,
               input_example: Any, pip_requirements: list[str]) -> str:
     """Log `model_dir` as an MLflow pyfunc model in `run_id` and register a new version; returns it."""
-    import mlflow
     import mlflow.pyfunc
 
+    import mlflow
     from modelyard.registry.pyfunc import ImageClassifierModel
 
     _prepare_local_store(tracking_uri)
