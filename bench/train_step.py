@@ -1,0 +1,102 @@
+"""modelyard's training step (augment + autocast + SGD step via `training.loop`) against the same work
+written inline in plain PyTorch, in one process, on real Fashion-MNIST images.
+
+    python -m bench.train_step [--steps 60] [--batch 128] [--precision bf16|none] [--threads 2]
+
+Prints samples/s for both and the ratio (modelyard / plain); the target is a ratio within a few percent
+of 1.0. Absolute numbers depend on the machine; only the ratio is comparable across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from modelyard.config import DataConfig
+from modelyard.data.augment import AugmentPolicy, augment_batch
+from modelyard.data.dataset import load_split
+from modelyard.data.fetch import fetch_dataset
+from modelyard.models import build_model
+from modelyard.training import loop
+
+
+def plain_step(model, opt, images, labels, idx, gen, mean, std, amp):
+    # The same computation, written out: crop(pad 2) + flip + normalise + erase, autocast, SGD.
+    x = images[idx].float().div(255).unsqueeze(1)
+    b = x.shape[0]
+    padded = F.pad(x, (2, 2, 2, 2))
+    dy = torch.randint(0, 5, (b,), generator=gen)
+    dx = torch.randint(0, 5, (b,), generator=gen)
+    rows = (dy[:, None] + torch.arange(28))[:, :, None]
+    cols = (dx[:, None] + torch.arange(28))[:, None, :]
+    x = padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    flip = torch.rand(b, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    x = (x - mean) / std
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        loss = F.cross_entropy(model(x), labels[idx], label_smoothing=0.1)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def measure(fn, steps: int, batch: int) -> float:
+    for _ in range(5):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--precision", choices=["bf16", "none"], default="bf16")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--data-dir", default="data")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    train = load_split(fetch_dataset(DataConfig(data_dir=args.data_dir)), "train")
+    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    mean, std = 0.286, 0.353
+    policy = AugmentPolicy(crop_padding=2, hflip_prob=0.5, erasing_prob=0.0)  # erasing has no plain twin here
+    amp = args.precision == "bf16"
+    precision = loop.Precision(device=torch.device("cpu"), mode=args.precision, channels_last=True)
+
+    def make_step(kind: str):
+        """A fresh model, optimiser and generator, and one training step of `kind` over them."""
+        torch.manual_seed(0)
+        model = build_model("cnn", width=32).to(memory_format=torch.channels_last).train()
+        opt = loop.build_optimizer(model, 0.1, 0.9, 5e-4)
+        gen = torch.Generator().manual_seed(0)
+
+        def step() -> None:
+            i = torch.randint(0, len(labels), (args.batch,), generator=gen)
+            if kind == "plain":
+                plain_step(model, opt, images, labels, i, gen, mean, std, amp)
+            else:
+                x = augment_batch(images[i], policy, gen, mean, std)
+                loop.train_step(model, x, labels[i], opt, precision, label_smoothing=0.1)
+
+        return step
+
+    results: dict[str, list[float]] = {"plain": [], "modelyard": []}
+    for kind in ("plain", "modelyard", "plain", "modelyard"):  # interleaved twice against drift
+        results[kind].append(measure(make_step(kind), args.steps, args.batch))
+
+    plain, ours = max(results["plain"]), max(results["modelyard"])
+    print(f"threads={args.threads} batch={args.batch} precision={args.precision} steps={args.steps}")
+    print(f"plain PyTorch : {plain:8.0f} samples/s")
+    print(f"modelyard     : {ours:8.0f} samples/s")
+    print(f"ratio modelyard/plain = {ours / plain:.3f}")
+
+
+if __name__ == "__main__":
+    main()
