@@ -8,6 +8,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# pip warns once per package about index folders this machine's pip config names but lacks; drop that line.
+PIPFILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
 # Telemetry off for everything make starts, and no hub look-ups (see infra/env.sh for the stack's env).
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \
        RAY_USAGE_STATS_ENABLED=0 DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false
@@ -20,9 +22,9 @@ help:  ## list the targets
 $(STAMP): requirements.lock pyproject.toml
 	@echo "==> creating $(VENV) and installing the pinned stack (requirements.lock); takes a few minutes once"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --progress-bar off -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | $(PIPFILTER)
+	$(BIN)/python -m pip install --quiet --progress-bar off -r requirements.lock 2>&1 | $(PIPFILTER)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | $(PIPFILTER)
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies (once; reused afterwards)
@@ -41,7 +43,7 @@ run: data up  ## everything: install, fetch, start the stack, run the pipeline o
 	echo
 	echo "  Prefect UI      http://127.0.0.1:$$PREFECT_PORT"
 	echo "  MLflow UI       http://127.0.0.1:$$MLFLOW_PORT"
-	echo "  Ray dashboard   http://127.0.0.1:$$RAY_DASHBOARD_PORT"
+	echo "  Ray dashboard   http://127.0.0.1:$$RAY_DASHBOARD_PORT  (token: .venv/bin/ray get-auth-token)"
 	echo "  Predictions     http://127.0.0.1:$$SERVE_PORT  (GET /health, GET /model, POST /predict; docs at /docs)"
 	echo
 	echo "Classify a real test image:"

@@ -25,3 +25,6 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 # Ray: clients find the head here; `ray start` clusters use token auth (the token lives in ~/.ray).
 export RAY_ADDRESS="127.0.0.1:$RAY_PORT"
 export RAY_AUTH_MODE=token
+# Keep the node on loopback: without this, `ray start` swaps 127.0.0.1 for a routable address and its
+# servers listen on every interface. Ray's single-machine switch; drop it when adding nodes to the cluster.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0

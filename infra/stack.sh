@@ -23,9 +23,9 @@ start() {  # start NAME CMD...: run CMD in a new session, log to .run/logs/NAME.
   say "$name started (pid $!, log .run/logs/$name.log)"
 }
 
-wait_http() {  # wait_http NAME URL TIMEOUT
+wait_http() {  # wait_http NAME URL TIMEOUT: any HTTP answer counts (Ray's dashboard says 401 without a token)
   local name=$1 url=$2 timeout=$3 t=0
-  until curl -fsS -o /dev/null "$url" 2>/dev/null; do
+  until [[ "$(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null)" != "000" ]]; do
     if ! running "$name"; then say "$name exited; last lines of its log:"; tail -n 30 "$RUN_DIR/logs/$name.log"; exit 1; fi
     sleep 1; t=$((t + 1))
     if (( t >= timeout )); then say "$name not answering at $url after ${timeout}s"; tail -n 30 "$RUN_DIR/logs/$name.log"; exit 1; fi
@@ -66,6 +66,10 @@ down() {
     fi
     rm -f "$RUN_DIR/$name.pid"
   done
+  # Killing the head leaves Ray's pointer to it behind; a later bare `ray.init()` would try to join it.
+  if [[ "$(cat /tmp/ray/ray_current_cluster 2>/dev/null)" == "127.0.0.1:$RAY_PORT" ]]; then
+    rm -f /tmp/ray/ray_current_cluster
+  fi
 }
 
 status() {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import urllib.request
 from typing import Any
@@ -12,6 +11,7 @@ from ray import serve
 
 from modelyard import registry
 from modelyard.config import RegistryConfig, ServeConfig
+from modelyard.runtime import connect_ray
 from serving.app import ServerSettings, build_app
 
 log = logging.getLogger(__name__)
@@ -26,18 +26,11 @@ def deploy(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, *, tracking_uri
     Redeploying after a promotion changes only the replicas' user_config, so running replicas load the
     new version in place (Serve's lightweight update) and keep answering meanwhile.
     """
-    import ray
-
     tracking_uri = tracking_uri or registry_cfg.resolved_tracking_uri()
     champion = registry.get_version(tracking_uri, registry_cfg.model_name, alias=registry_cfg.champion_alias)
     if champion is None:
         raise LookupError(f"no '{registry_cfg.champion_alias}' version of '{registry_cfg.model_name}' to serve")
-    if not ray.is_initialized():
-        address = ray_address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address)
-        else:
-            ray.init(include_dashboard=False, object_store_memory=300 * 1024**2, _node_ip_address="127.0.0.1")
+    connect_ray(ray_address, object_store_bytes=300 * 1024**2)
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
     settings = ServerSettings(
         tracking_uri=tracking_uri, model_name=registry_cfg.model_name, alias=registry_cfg.champion_alias,

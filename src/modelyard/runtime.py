@@ -21,9 +21,16 @@ OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1"}
 
 
 def configure_environment() -> None:
-    """Switch telemetry off for this process and its children (values already set are kept)."""
+    """Switch telemetry off for this process and its children (values already set are kept).
+
+    Call before Ray is imported: when no remote Ray cluster is named, a Ray started here is kept on
+    127.0.0.1 (Ray reads this switch at import; by default it binds a routable address on all interfaces).
+    """
     for key, value in {**TELEMETRY_OFF, **OFFLINE_DEFAULTS}.items():
         os.environ.setdefault(key, value)
+    address = os.environ.get("RAY_ADDRESS", "")
+    if not address or address.startswith(("127.0.0.1", "localhost")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def configure_logging(level: int | str = logging.INFO) -> None:
@@ -35,3 +42,20 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     )
     for noisy in ("alembic", "urllib3", "filelock", "great_expectations", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def connect_ray(address: str | None = None, object_store_bytes: int = 500 * 1024**2) -> None:
+    """Join the Ray cluster at `address` (or $RAY_ADDRESS); otherwise start a private local Ray.
+
+    `address="local"` matters: a bare `ray.init()` would attach to whatever cluster the last `ray start`
+    on this machine recorded in /tmp/ray, even a stopped one.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(address="local", include_dashboard=False, object_store_memory=object_store_bytes)

@@ -24,6 +24,7 @@ from modelyard.config import PipelineConfig
 from modelyard.data.augment import load_prepared
 from modelyard.data.dataset import load_split, read_metadata
 from modelyard.models.artifact import ModelSpec, save_model_dir
+from modelyard.runtime import connect_ray
 from modelyard.training import loop
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,8 @@ def train(
     tmp_out = output_dir.with_name(f".{output_dir.name}.partial")
     shutil.rmtree(tmp_out, ignore_errors=True)
     tmp_out.mkdir(parents=True)
-    started_ray = False
-    if not ray.is_initialized():
-        init_local_ray(ray_address)
-        started_ray = True
+    started_ray = not ray.is_initialized()
+    connect_ray(ray_address)
     try:
         use_gpu = _resolve_use_gpu(cfg.train.use_gpu, cfg.train.num_workers, ray.cluster_resources())
         if cfg.train.mixed_precision == "fp16" and not use_gpu:
@@ -135,21 +134,6 @@ def train(
         shutil.rmtree(tmp_out, ignore_errors=True)
         if started_ray:
             ray.shutdown()
-
-
-def init_local_ray(address: str | None = None) -> None:
-    """Connect to `address` (or $RAY_ADDRESS); else start a small local Ray bound to 127.0.0.1."""
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(
-            include_dashboard=False,
-            object_store_memory=int(os.environ.get("MODELYARD_RAY_OBJECT_STORE_BYTES", 500 * 1024**2)),
-            _node_ip_address="127.0.0.1",
-        )
 
 
 def _resolve_use_gpu(setting: str, num_workers: int, resources: dict[str, float]) -> bool:
