@@ -30,14 +30,14 @@ $(STAMP): requirements.lock pyproject.toml
 setup: $(STAMP)  ## create .venv with the pinned dependencies (once; reused afterwards)
 
 data: setup  ## fetch Fashion-MNIST into data/ (reuses what is there) and export sample images
-	$(BIN)/modelyard fetch
+	@$(BIN)/modelyard fetch
 	$(BIN)/modelyard samples
 
 up: setup  ## start Prefect server, MLflow server, Ray head and the deployment runner
-	infra/stack.sh up
+	@infra/stack.sh up
 
 run: data up  ## everything: install, fetch, start the stack, run the pipeline once, serve the champion
-	source infra/env.sh
+	@source infra/env.sh
 	echo "==> running the training-pipeline deployment (follow it in the Prefect UI too)"
 	$(BIN)/python -m pipelines.trigger --worker-log .run/logs/runner.log
 	echo
@@ -51,10 +51,10 @@ run: data up  ## everything: install, fetch, start the stack, run the pipeline o
 	echo "Stop everything with: make down"
 
 down:  ## stop everything `make up` / `make run` started (by recorded pids)
-	infra/stack.sh down
+	@infra/stack.sh down
 
 status:  ## which stack services are running
-	infra/stack.sh status
+	@infra/stack.sh status
 
 test: setup  ## run the whole test suite (starts real Ray, MLflow, Prefect and Ray Serve in-process)
 	$(BIN)/python -m pytest tests

@@ -4,8 +4,8 @@ Its parameters are the config sections, so the Prefect UI shows a form per secti
 batch size, learning rate, workers, mixed precision, ...). Sections left empty come from params.yaml.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Prefect validates run parameters against these annotations at
+# runtime, and string annotations of the config models cannot be resolved there.
 from typing import Any
 
 from prefect import flow
@@ -44,6 +44,6 @@ def training_pipeline(
     metrics = evaluate_task(cfg)
     registered = register_task(cfg)
     result = {"train": trained, "test": metrics, "registry": registered}
-    if deploy and registered["promoted"]:
+    if deploy:  # serves the champion, whether or not this run's model became it
         result["serving"] = deploy_task(cfg)
     return result

@@ -37,7 +37,12 @@ def pipeline_run(prefect_api, fashion_mnist_dir, tmp_path_factory):
     cfg = small_config(tmp, data_dir)
     params_path = tmp / "params.yaml"
     params_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True)))
-    state = training_pipeline(deploy=True, params_path=str(params_path), return_state=True)
+    # Sections as plain dicts, the way a deployment's form sends them: Prefect validates them into models.
+    dump = cfg.model_dump(mode="json", by_alias=True)
+    state = training_pipeline(
+        model=dump["model"], train=dump["train"], data=dump["data"], augment=dump["augment"],
+        registry=dump["registry"], deploy=True, params_path=str(params_path), return_state=True,
+    )
     try:
         yield cfg, state, state.result()
     finally:
