@@ -6,6 +6,7 @@ batch size, learning rate, workers, mixed precision, ...). Sections left empty c
 
 # No `from __future__ import annotations`: Prefect validates run parameters against these annotations at
 # runtime, and string annotations of the config models cannot be resolved there.
+import logging
 from typing import Any
 
 from prefect import flow
@@ -34,6 +35,7 @@ def training_pipeline(
     params_path: str = "params.yaml",
 ) -> dict[str, Any]:
     configure_environment()
+    logging.getLogger("modelyard").setLevel(logging.INFO)  # its progress lines go to the flow run's log
     cfg = load_config(params_path).with_overrides(
         {"model": model, "train": train, "data": data, "augment": augment, "registry": registry}
     )
