@@ -105,3 +105,26 @@ def test_failed_validation_raises_with_a_readable_report_and_leaves_the_data_alo
     md = (tmp_path / "report" / "report.md").read_text()
     assert "FAILED" in md and "**FAIL**" in md and "label" in md and "| 40 |" in md
     assert {p.name: p.read_bytes() for p in broken.iterdir()} == before
+
+
+def test_cli_validate_exits_nonzero_and_prints_the_report(small_dataset_dir, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from modelyard.cli import app
+
+    meta = read_metadata(small_dataset_dir)
+    train = load_split(small_dataset_dir, "train")
+    images = train.images.copy()
+    images[7] = 0  # an all-black image is fine once...
+    broken = tmp_path / "data" / "fashion_mnist"
+    write_dataset(broken, {"train": ImageSplit(images[:, :, :20], train.labels),  # ...but 28x20 is not
+                           "test": load_split(small_dataset_dir, "test")},
+                  meta["classes"], source="broken copy", name=meta["name"])
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": {"data_dir": str(tmp_path / "data")},
+                                      "validate": {"report_dir": str(tmp_path / "report")}}))
+    result = CliRunner().invoke(app, ["validate", "--params", str(params)])
+    assert result.exit_code == 1
+    assert "width" in result.output and "FAILED" in result.output
+    assert (tmp_path / "report" / "report.json").is_file()

@@ -70,3 +70,17 @@ def test_training_is_reproducible_in_its_data_order(small_dataset_dir, tmp_path)
     a = load_prepared(prepare_splits(small_dataset_dir, AugmentConfig(prepared_dir=str(tmp_path / "a"))))
     b = load_prepared(prepare_splits(small_dataset_dir, AugmentConfig(prepared_dir=str(tmp_path / "b"))))
     assert np.array_equal(a.train_indices, b.train_indices) and a.mean == b.mean
+
+
+def test_a_failed_training_leaves_the_previous_output_intact(small_dataset_dir, tmp_path):
+    from modelyard.training.distributed import train
+
+    cfg = small_config(tmp_path, small_dataset_dir.parent, train={"mixed_precision": "fp16"})  # no GPU here
+    previous = Path(cfg.train.output_dir)
+    (previous / "model").mkdir(parents=True)
+    (previous / "model" / "model.pt").write_bytes(b"weights of the last good run")
+    prepared = prepare_splits(small_dataset_dir, cfg.augment)
+    with pytest.raises(ValueError, match="fp16 needs GPUs"):
+        train(cfg, small_dataset_dir, prepared)
+    assert (previous / "model" / "model.pt").read_bytes() == b"weights of the last good run"
+    assert not any(p.name.endswith(".partial") for p in previous.parent.iterdir())

@@ -58,7 +58,7 @@ def decode_image(data: bytes, spec: ModelSpec) -> np.ndarray:
             size = (spec.input["width"], spec.input["height"])
             if gray.size != size:
                 gray = gray.resize(size, Image.Resampling.BILINEAR)
-            return np.asarray(gray, dtype=np.uint8)
+            return np.array(gray, dtype=np.uint8)  # a writable copy (PIL's buffer is read-only)
     except InvalidInputError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

@@ -15,7 +15,9 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
 
         self.predictor = Predictor.from_dir(context.artifacts["model_dir"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # Unannotated on purpose: MLflow derives a signature from type hints when present, and ours comes
+    # from the input example instead.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         import numpy as np
         import pandas as pd
 
