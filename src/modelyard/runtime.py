@@ -48,7 +48,8 @@ def connect_ray(address: str | None = None, object_store_bytes: int = 500 * 1024
     """Join the Ray cluster at `address` (or $RAY_ADDRESS); otherwise start a private local Ray.
 
     `address="local"` matters: a bare `ray.init()` would attach to whatever cluster the last `ray start`
-    on this machine recorded in /tmp/ray, even a stopped one.
+    on this machine recorded in /tmp/ray, even a stopped one. The dashboard stays on (127.0.0.1, 8265 or
+    the next free port): Ray Train's placement-group cleaner needs the State API it serves.
     """
     import ray
 
@@ -58,4 +59,5 @@ def connect_ray(address: str | None = None, object_store_bytes: int = 500 * 1024
     if address:
         ray.init(address=address)
     else:
-        ray.init(address="local", include_dashboard=False, object_store_memory=object_store_bytes)
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                 object_store_memory=object_store_bytes)

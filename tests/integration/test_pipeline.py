@@ -210,3 +210,41 @@ def _png_1x1() -> bytes:
     buf = io.BytesIO()
     Image.new("L", (1, 1)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_a_new_champion_is_rolled_in_while_requests_keep_succeeding(pipeline_run, image_bytes, test_sample):
+    import threading
+
+    import numpy as np
+
+    from modelyard import registry
+    from serving.deploy import deploy
+
+    cfg, _, result = pipeline_run
+    uri = cfg.registry.resolved_tracking_uri()
+    old_version = result["registry"]["version"]
+    run_id = registry.start_run(uri, cfg.registry.experiment, params={"note": "retrained"})
+    new_version = registry.log_model(uri, run_id, Path(cfg.train.output_dir) / "model", cfg.registry.model_name,
+                                     input_example=np.ascontiguousarray(test_sample.images[:2]), pip_requirements=["torch"])
+    registry.set_alias(uri, cfg.registry.model_name, "champion", new_version)
+
+    statuses, versions, stop = [], set(), threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            resp = requests.post(url(cfg, "/predict"), files={"file": ("bag.png", image_bytes["bag"])}, timeout=60)
+            statuses.append(resp.status_code)
+            if resp.ok:
+                versions.add(resp.json()["model"]["version"])
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        served = deploy(cfg.serve, cfg.registry, tracking_uri=uri)
+    finally:
+        stop.set()
+        thread.join()
+    assert served["version"] == new_version != old_version
+    assert requests.get(url(cfg, "/model"), timeout=10).json()["version"] == new_version
+    assert statuses and all(s == 200 for s in statuses), statuses
+    assert old_version in versions  # traffic was answered by the old model before the swap

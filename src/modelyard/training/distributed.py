@@ -22,7 +22,7 @@ import torch
 
 from modelyard.config import PipelineConfig
 from modelyard.data.augment import load_prepared
-from modelyard.data.dataset import load_split, read_metadata
+from modelyard.data.dataset import load_split, read_metadata, replace_dir
 from modelyard.models.artifact import ModelSpec, save_model_dir
 from modelyard.runtime import connect_ray
 from modelyard.training import loop
@@ -121,12 +121,7 @@ def train(
         (tmp_out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         (tmp_out / "train.json").write_text(json.dumps(asdict(train_result), indent=2) + "\n")
         # Swap the finished output into place only now: a failed run leaves the previous output intact.
-        old = output_dir.with_name(f".{output_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if output_dir.exists():
-            output_dir.rename(old)
-        tmp_out.rename(output_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp_out, output_dir)
         log.info("trained %d epochs in %.1f s; val accuracy %.4f", len(history), wall,
                  train_result.final.get("val/accuracy", float("nan")))
         return train_result
