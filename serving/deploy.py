@@ -61,7 +61,3 @@ def wait_for_version(url: str, version: str, timeout_s: float) -> None:
             last = exc
         time.sleep(0.5)
     raise TimeoutError(f"{url} did not serve version {version} within {timeout_s:.0f} s (last answer: {last})")
-
-
-def shutdown() -> None:
-    serve.delete(APP_NAME)

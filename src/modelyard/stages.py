@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +139,3 @@ def _pip_requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "pandas", "pillow", "mlflow")]
-
-
-def clean_outputs(cfg: PipelineConfig) -> None:
-    """Remove what the stages after fetch write (used by tests and `modelyard clean`)."""
-    for path in (prepared_dir(cfg), Path(cfg.train.output_dir), Path(cfg.evaluate.output_dir), registration_dir(cfg)):
-        shutil.rmtree(path, ignore_errors=True)
-

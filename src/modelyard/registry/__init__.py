@@ -168,15 +168,6 @@ def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
     _client(tracking_uri).set_registered_model_alias(name, alias, version)
 
 
-def delete_alias(tracking_uri: str, name: str, alias: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        _client(tracking_uri).delete_registered_model_alias(name, alias)
-    except MlflowException:
-        pass
-
-
 def download_model_dir(tracking_uri: str, name: str, *, alias: str | None = None, version: str | None = None,
                        dst_dir: str | os.PathLike[str] | None = None) -> tuple[Path, ModelVersionInfo]:
     """Fetch `models:/<name>@<alias>` (or a version) and return the modelyard model directory inside it."""
