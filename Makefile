@@ -14,7 +14,7 @@ PIPFILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || 
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \
        RAY_USAGE_STATS_ENABLED=0 DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false
 
-.PHONY: help setup data up run down status test test-fast repro bench clean
+.PHONY: help setup browser data up run down status serve test test-fast repro bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,13 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies (once; reused afterwards)
 
+# The Prefect UI test drives Debian's Chromium with Playwright (whose own browser download is unreachable).
+browser:  ## install Debian's chromium for the UI test (apt-get; once)
+	@command -v chromium >/dev/null && exit 0
+	echo "==> installing Debian's chromium for the Prefect UI test"
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo )
+	$$SUDO apt-get install -y -q chromium >/dev/null || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }
+
 data: setup  ## fetch Fashion-MNIST into data/ (reuses what is there) and export sample images
 	@$(BIN)/modelyard fetch
 	$(BIN)/modelyard samples
@@ -39,11 +46,12 @@ up: setup  ## start Prefect server, MLflow server, Ray head and the deployment r
 run: data up  ## everything: install, fetch, start the stack, run the pipeline once, serve the champion
 	@source infra/env.sh
 	echo "==> running the training-pipeline deployment (follow it in the Prefect UI too)"
-	$(BIN)/python -m pipelines.trigger --worker-log .run/logs/runner.log
+	$(BIN)/python -m pipelines.trigger --worker-log "$$RUN_DIR/logs/runner.log"
+	SERVE_PORT=$$($(BIN)/python -c 'from modelyard.config import load_config; print(load_config("'"$$MODELYARD_PARAMS"'").serve.port)')
 	echo
 	echo "  Prefect UI      http://127.0.0.1:$$PREFECT_PORT"
 	echo "  MLflow UI       http://127.0.0.1:$$MLFLOW_PORT"
-	echo "  Ray dashboard   http://127.0.0.1:$$RAY_DASHBOARD_PORT  (token: .venv/bin/ray get-auth-token)"
+	echo "  Ray dashboard   http://127.0.0.1:$$RAY_DASHBOARD_PORT  (sign in with the token in $${RAY_AUTH_TOKEN_PATH#$$PWD/})"
 	echo "  Predictions     http://127.0.0.1:$$SERVE_PORT  (GET /health, GET /model, POST /predict; docs at /docs)"
 	echo
 	echo "Classify a real test image:"
@@ -56,7 +64,11 @@ down:  ## stop everything `make up` / `make run` started (by recorded pids)
 status:  ## which stack services are running
 	@infra/stack.sh status
 
-test: setup  ## run the whole test suite (starts real Ray, MLflow, Prefect and Ray Serve in-process)
+serve: setup  ## (re)deploy the current champion to the running stack's Ray cluster, without training
+	@source infra/env.sh
+	$(BIN)/python -m serving "$$MODELYARD_PARAMS"
+
+test: setup browser  ## the whole suite: real Ray, MLflow, Prefect, Ray Serve, and the stack of `make up` in a browser
 	$(BIN)/python -m pytest tests
 
 test-fast: setup  ## unit and data tests only

@@ -1,7 +1,10 @@
 # Environment of the local stack; sourced by infra/stack.sh and the Makefile. Everything on 127.0.0.1.
+# Every value can be set beforehand to run a second, isolated stack (the stack test moves all of them).
 # shellcheck shell=bash
 ROOT="${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
-export RUN_DIR="$ROOT/.run"                       # pid files and logs of what `make up` started
+export RUN_DIR="${MODELYARD_RUN_DIR:-$ROOT/.run}"            # pid files, logs, Prefect home, Ray token
+export MODELYARD_PARAMS="${MODELYARD_PARAMS:-params.yaml}"    # what the deployment's form is prefilled with
+export MLFLOW_STORE_DIR="${MLFLOW_STORE_DIR:-$ROOT/mlflow}"   # mlflow.db + artifacts/, the embedded default's store
 
 # Telemetry off for every tool.
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \
@@ -9,10 +12,12 @@ export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELE
        HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false
 
 export PREFECT_PORT="${PREFECT_PORT:-4200}" MLFLOW_PORT="${MLFLOW_PORT:-5000}"
-export RAY_PORT="${RAY_PORT:-6379}" RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}" SERVE_PORT="${SERVE_PORT:-8000}"
+export RAY_PORT="${RAY_PORT:-6379}" RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
+# Ray's fixed-by-default ports, so a second stack on the machine does not collide with the first.
+export RAY_CLIENT_PORT="${RAY_CLIENT_PORT:-10001}" RAY_DASHBOARD_AGENT_PORT="${RAY_DASHBOARD_AGENT_PORT:-52365}"
 
 # Prefect keeps its database and settings inside the project, not in ~/.prefect.
-export PREFECT_HOME="$ROOT/.run/prefect"
+export PREFECT_HOME="$RUN_DIR/prefect"
 export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
 export PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT="$PREFECT_PORT"
 export PREFECT_UI_API_URL="$PREFECT_API_URL"
@@ -22,9 +27,11 @@ export PREFECT_LOGGING_EXTRA_LOGGERS=modelyard,serving   # the library's logs sh
 export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 
-# Ray: clients find the head here; `ray start` clusters use token auth (the token lives in ~/.ray).
+# Ray: clients find the head here. `ray start` clusters use token auth; the stack creates the token inside
+# the clone (never in ~/.ray), and every process that sources this file presents it.
 export RAY_ADDRESS="127.0.0.1:$RAY_PORT"
 export RAY_AUTH_MODE=token
+export RAY_AUTH_TOKEN_PATH="${RAY_AUTH_TOKEN_PATH:-$RUN_DIR/ray/auth_token}"
 # Keep the node on loopback: without this, `ray start` swaps 127.0.0.1 for a routable address and its
 # servers listen on every interface. Ray's single-machine switch; drop it when adding nodes to the cluster.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0

@@ -9,7 +9,7 @@ cd "$ROOT"
 # shellcheck source=infra/env.sh
 source infra/env.sh
 VENV="$ROOT/.venv/bin"
-mkdir -p "$RUN_DIR/logs" mlflow/artifacts
+mkdir -p "$RUN_DIR/logs" "$MLFLOW_STORE_DIR/artifacts"
 
 say() { printf '\033[1m[stack]\033[0m %s\n' "$*"; }
 
@@ -33,18 +33,27 @@ wait_http() {  # wait_http NAME URL TIMEOUT: any HTTP answer counts (Ray's dashb
   say "$name ready at $url (${t}s)"
 }
 
+ensure_ray_token() {  # the cluster's auth token, made once per clone (Ray would otherwise look in ~/.ray)
+  [[ -s "$RAY_AUTH_TOKEN_PATH" ]] && return
+  mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")"
+  (umask 077 && "$VENV/python" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$RAY_AUTH_TOKEN_PATH")
+  say "created the Ray auth token in ${RAY_AUTH_TOKEN_PATH#"$ROOT"/}"
+}
+
 up() {
+  ensure_ray_token
   start prefect "$VENV/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
   start mlflow "$VENV/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
-    --backend-store-uri "sqlite:///$ROOT/mlflow/mlflow.db" --default-artifact-root "file://$ROOT/mlflow/artifacts"
+    --backend-store-uri "sqlite:///$MLFLOW_STORE_DIR/mlflow.db" --default-artifact-root "file://$MLFLOW_STORE_DIR/artifacts"
   # --block keeps `ray start` in the foreground of its own session, so its pid owns the whole Ray head.
   start ray "$VENV/ray" start --head --block --node-ip-address 127.0.0.1 --port "$RAY_PORT" \
-    --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" --num-cpus "$(nproc)" \
+    --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" --ray-client-server-port "$RAY_CLIENT_PORT" \
+    --dashboard-agent-listen-port "$RAY_DASHBOARD_AGENT_PORT" --num-cpus "$(nproc)" \
     --object-store-memory 1000000000 --disable-usage-stats
   wait_http prefect "http://127.0.0.1:$PREFECT_PORT/api/health" 120
   wait_http mlflow "http://127.0.0.1:$MLFLOW_PORT/health" 120
   wait_http ray "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 120
-  start runner "$VENV/python" -m pipelines.serve_deployments params.yaml
+  start runner "$VENV/python" -m pipelines.serve_deployments "$MODELYARD_PARAMS"
   local t=0
   until "$VENV/prefect" deployment inspect training-pipeline/training-pipeline >/dev/null 2>&1; do
     running runner || { say "deployment runner exited:"; tail -n 30 "$RUN_DIR/logs/runner.log"; exit 1; }

@@ -84,8 +84,8 @@ class ModelServer:
         if self.info.get("version") == version:
             return
         s = self.settings
-        model_dir, mv = registry.download_model_dir(s.tracking_uri, s.model_name, version=version)
-        predictor = Predictor.from_dir(model_dir)
+        with registry.fetched_model_dir(s.tracking_uri, s.model_name, version=version) as (model_dir, mv):
+            predictor = Predictor.from_dir(model_dir)  # weights now in memory; the download is removed
         run = registry.get_run(s.tracking_uri, mv.run_id) if mv.run_id else {"metrics": {}}
         self.predictor = predictor
         self.info = {

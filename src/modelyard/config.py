@@ -90,9 +90,20 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     warmup_epochs: int = Field(1, ge=0)
-    num_workers: int = Field(2, ge=1, le=256)
+    num_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="Ray Train workers. auto: one per GPU on GPU clusters; on CPUs one per node, each using "
+                    "every core of its node (one process with all threads beats several small ones).",
+    )
+    cpus_per_worker: int | Literal["auto"] = Field(
+        "auto", description="CPUs (and torch threads) each worker takes. auto: the node's CPUs / its workers."
+    )
     use_gpu: Literal["auto", "true", "false"] = "auto"
-    mixed_precision: Literal["none", "bf16", "fp16"] = "bf16"
+    mixed_precision: Literal["auto", "none", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 where the hardware computes it natively (a bf16 GPU; a CPU with AVX512_BF16 "
+                    "or AMX), fp32 elsewhere. fp16 (GradScaler) needs a GPU.",
+    )
     channels_last: bool = True
     max_failures: int = Field(2, ge=0)
     seed: int = 42
@@ -103,12 +114,21 @@ class TrainConfig(_Section):
         # YAML and the Prefect form hand booleans; keep one spelling.
         return str(v).lower() if isinstance(v, bool) else v
 
+    @field_validator("num_workers", "cpus_per_worker")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 256:
+            raise ValueError(f"expected 'auto' or a whole number from 1 to 256, got {v}")
+        return v
+
     @model_validator(mode="after")
-    def _batch_divisible(self) -> TrainConfig:
-        if self.batch_size < self.num_workers:
+    def _consistent(self) -> TrainConfig:
+        if isinstance(self.num_workers, int) and self.batch_size < self.num_workers:
             raise ValueError(
                 f"train.batch_size ({self.batch_size}) must be at least train.num_workers ({self.num_workers})"
             )
+        if self.mixed_precision == "fp16" and self.use_gpu == "false":
+            raise ValueError("train.mixed_precision=fp16 needs GPUs but train.use_gpu is false; use auto, bf16 or none")
         return self
 
 
@@ -182,15 +202,17 @@ class PipelineConfig(_Section):
         return out
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any], *, top: bool = True) -> dict[str, Any]:
+    """Merge `extra` into `base`. At the top level a section given as None means "not given" (the flow's
+    parameters default to None); inside a section None is a value (`-S data.train_limit=null`)."""
     out = dict(base)
     for key, value in extra.items():
-        if value is None:
+        if value is None and top:
             continue
         if isinstance(value, BaseModel):
             value = value.model_dump(by_alias=True)
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = _deep_merge(out[key], value, top=False)
         else:
             out[key] = value
     return out

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +68,38 @@ def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = 
     return result
 
 
+@contextmanager
+def _failing_marks_run(cfg: PipelineConfig) -> Iterator[None]:
+    """A stage after training that fails ends the training's MLflow run FAILED instead of leaving it RUNNING."""
+    try:
+        yield
+    except BaseException:
+        run_id = _training_run_id(cfg)
+        if run_id:
+            from modelyard import registry
+
+            try:
+                registry.end_run(cfg.registry.resolved_tracking_uri(), run_id, status="FAILED")
+                log.error("marked MLflow run %s FAILED", run_id)
+            except Exception as exc:  # the stage's own error matters more than this one
+                log.warning("could not mark MLflow run %s FAILED: %s", run_id, exc)
+        raise
+
+
+def _training_run_id(cfg: PipelineConfig) -> str | None:
+    path = Path(cfg.train.output_dir) / "train.json"
+    try:
+        return json.loads(path.read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
 def evaluate(cfg: PipelineConfig):
+    with _failing_marks_run(cfg):
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: PipelineConfig):
     from modelyard.evaluation.evaluate import evaluate as run_evaluation
 
     train_dir = Path(cfg.train.output_dir)
@@ -76,6 +109,11 @@ def evaluate(cfg: PipelineConfig):
 
 def register(cfg: PipelineConfig) -> dict[str, Any]:
     """Log evaluation, artifacts and lineage to the training run, register the model, decide the alias."""
+    with _failing_marks_run(cfg):
+        return _register(cfg)
+
+
+def _register(cfg: PipelineConfig) -> dict[str, Any]:
     import numpy as np
 
     from modelyard import registry
@@ -135,7 +173,11 @@ def _read_json(path: Path, hint: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+# What the registered model imports when loaded (modelyard's own code travels with it; see registry.log_model).
+MODEL_RUNTIME_PACKAGES = ("torch", "numpy", "pandas", "pillow", "pydantic", "pyyaml", "mlflow")
+
+
 def _pip_requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "pandas", "pillow", "mlflow")]
+    return [f"{pkg}=={version(pkg)}" for pkg in MODEL_RUNTIME_PACKAGES]

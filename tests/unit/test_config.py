@@ -12,7 +12,7 @@ def test_params_yaml_loads_and_matches_the_documented_defaults():
     cfg = load_config(REPO / "params.yaml")
     assert cfg.data.dataset == "fashion_mnist"
     assert cfg.model.name == "cnn"
-    assert cfg.train.num_workers == 2
+    assert cfg.train.num_workers == "auto" and cfg.train.mixed_precision == "auto"
     assert cfg.registry.model_name == "fashion-mnist-cnn"
     assert cfg.serve.host == "127.0.0.1"
 
@@ -29,6 +29,9 @@ def test_overrides_merge_section_by_section():
         ({"train": {"epochs": 0}}, "epochs"),
         ({"train": {"mixed_precision": "fp8"}}, "mixed_precision"),
         ({"train": {"batch_size": 1, "num_workers": 2}}, "batch_size"),
+        ({"train": {"num_workers": 0}}, "num_workers"),
+        ({"train": {"num_workers": "many"}}, "num_workers"),
+        ({"train": {"mixed_precision": "fp16", "use_gpu": False}}, "fp16"),
         ({"model": {"name": "transformer-xl"}}, "name"),
         ({"train": {"epochz": 3}}, "epochz"),
         ({"augment": {"erasing_scale": [0.5, 0.1]}}, "erasing_scale"),
@@ -77,3 +80,17 @@ def test_flat_params_for_mlflow():
     flat = PipelineConfig().flat()
     assert flat["train.epochs"] == PipelineConfig().train.epochs
     assert "validate.max_train_test_overlap" in flat
+
+
+def test_an_override_to_null_is_applied_not_skipped(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text().replace("train_limit: null", "train_limit: 500"))
+    assert load_config(params).data.train_limit == 500
+    # The CLI's `-S data.train_limit=null` must put the cap back to "everything".
+    cfg = load_config(params, parse_overrides(["data.train_limit=null"]))
+    assert cfg.data.train_limit is None
+
+
+def test_a_section_left_empty_by_the_flow_form_keeps_the_file_values():
+    base = load_config(REPO / "params.yaml")
+    assert base.with_overrides({"train": None, "model": {"width": 8}}).train == base.train

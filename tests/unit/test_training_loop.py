@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from modelyard.training import loop
 from modelyard.training.loop import Precision, batch_indices, build_optimizer, build_scheduler
 
 
@@ -40,3 +41,34 @@ def test_shuffled_batches_cover_each_index_once_and_drop_the_remainder():
     seen = torch.cat(batches)
     assert len(batches) == 10 and len(set(seen.tolist())) == 100
     assert sum(len(b) for b in batch_indices(idx, 10, None)) == 103  # eval keeps every index
+
+
+@pytest.mark.parametrize(
+    ("native", "mode", "expected"),
+    [("AVX512_BF16", "auto", "bf16"), ("AMX", "auto", "bf16"), (None, "auto", "none"),
+     (None, "none", "none"), ("AMX", "none", "none"), (None, "bf16", "bf16")],
+)
+def test_auto_precision_follows_the_cpus_native_bf16(monkeypatch, native, mode, expected):
+    monkeypatch.setattr(loop, "cpu_bf16_support", lambda: native)
+    chosen, why = loop.resolve_precision(mode, torch.device("cpu"))
+    assert chosen == expected and why
+
+
+def test_bf16_on_a_cpu_that_emulates_it_runs_with_a_warning_that_says_how_slow(monkeypatch, caplog):
+    monkeypatch.setattr(loop, "cpu_bf16_support", lambda: None)
+    with caplog.at_level("WARNING", logger="modelyard.training.loop"):
+        assert loop.resolve_precision("bf16", torch.device("cpu"))[0] == "bf16"
+    assert "emulated" in caplog.text and "13x slower than fp32" in caplog.text
+
+
+def test_fp16_on_cpu_is_refused_when_resolving():
+    with pytest.raises(ValueError, match="CUDA"):
+        loop.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_this_machines_cpu_is_probed_consistently_with_the_kernels_flags():
+    flags = loop._cpuinfo_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo on this OS")
+    expected = "AMX" if "amx_bf16" in flags else "AVX512_BF16" if "avx512_bf16" in flags else None
+    assert loop.cpu_bf16_support() == expected

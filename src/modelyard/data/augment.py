@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from modelyard.config import AugmentConfig
-from modelyard.data.dataset import load_split, read_metadata
+from modelyard.data.dataset import DatasetError, load_split, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,24 @@ def prepare_splits(dataset_dir: str | os.PathLike[str], cfg: AugmentConfig) -> P
     (out_dir / "prepared.json").write_text(json.dumps(doc, indent=2) + "\n")
     log.info("split %s: %d train / %d val; mean=%.4f std=%.4f", meta["name"], len(train_idx), len(val_idx), mean, std)
     return out_dir
+
+
+class StaleSplitError(DatasetError):
+    """The prepared split was cut from other data than the dataset now on disk."""
+
+
+def check_prepared(prepared_dir: str | os.PathLike[str], dataset_dir: str | os.PathLike[str]) -> None:
+    """Refuse a split that was not cut from the dataset now at `dataset_dir` (its indices would be wrong)."""
+    path = Path(prepared_dir) / "prepared.json"
+    if not path.is_file():
+        raise StaleSplitError(f"no prepared split at {prepared_dir}: run `modelyard augment` first")
+    cut_from = json.loads(path.read_text()).get("dataset_sha256")
+    now = read_metadata(dataset_dir)["splits"]["train"]["sha256"]
+    if cut_from != now:
+        raise StaleSplitError(
+            f"the prepared split in {prepared_dir} was cut from dataset {str(cut_from)[:12]}…, but the data in "
+            f"{dataset_dir} are now {now[:12]}…: re-run `modelyard augment` (or `dvc repro`) before training"
+        )
 
 
 def load_prepared(prepared_dir: str | os.PathLike[str]) -> Prepared:

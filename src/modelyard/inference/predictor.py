@@ -61,7 +61,9 @@ def decode_image(data: bytes, spec: ModelSpec) -> np.ndarray:
             return np.array(gray, dtype=np.uint8)  # a writable copy (PIL's buffer is read-only)
     except InvalidInputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow refuses sizes far past its own limit at open()
+        raise InvalidInputError("image_too_large", f"{exc}; at most {MAX_IMAGE_PIXELS} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidInputError("not_an_image", f"the file is not a readable image ({type(exc).__name__})") from None
 
 

@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -106,10 +107,15 @@ def get_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
 
 def log_model(tracking_uri: str, run_id: str, model_dir: str | os.PathLike[str], registered_name: str,
               input_example: Any, pip_requirements: list[str]) -> str:
-    """Log `model_dir` as an MLflow pyfunc model in `run_id` and register a new version; returns it."""
+    """Log `model_dir` as an MLflow pyfunc model in `run_id` and register a new version; returns it.
+
+    modelyard's own code is logged with the model (`code/modelyard/`), so `mlflow.pyfunc.load_model` works
+    in any environment that has the pip requirements, not only in this project's virtual environment.
+    """
     import mlflow.pyfunc
 
     import mlflow
+    import modelyard
     from modelyard.registry.pyfunc import ImageClassifierModel
 
     _prepare_local_store(tracking_uri)
@@ -122,6 +128,7 @@ def log_model(tracking_uri: str, run_id: str, model_dir: str | os.PathLike[str],
             artifacts={"model_dir": str(model_dir)},
             input_example=input_example,
             pip_requirements=pip_requirements,
+            code_paths=[str(Path(modelyard.__file__).parent)],
             registered_model_name=registered_name,
         )
     version = info.registered_model_version
@@ -168,26 +175,34 @@ def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
     _client(tracking_uri).set_registered_model_alias(name, alias, version)
 
 
-def download_model_dir(tracking_uri: str, name: str, *, alias: str | None = None, version: str | None = None,
-                       dst_dir: str | os.PathLike[str] | None = None) -> tuple[Path, ModelVersionInfo]:
-    """Fetch `models:/<name>@<alias>` (or a version) and return the modelyard model directory inside it."""
+def download_model_dir(tracking_uri: str, name: str, *, dst_dir: str | os.PathLike[str], alias: str | None = None,
+                       version: str | None = None) -> tuple[Path, ModelVersionInfo]:
+    """Fetch `models:/<name>@<alias>` (or a version) into `dst_dir`; returns the modelyard model directory."""
     import mlflow.artifacts
 
     info = get_version(tracking_uri, name, alias=alias, version=version)
     if info is None:
         what = f"alias '{alias}'" if alias else f"version {version}"
         raise LookupError(f"registered model '{name}' has no {what} at {tracking_uri}")
-    dst = Path(dst_dir or tempfile.mkdtemp(prefix="modelyard-model-"))
     _prepare_local_store(tracking_uri)
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{info.version}", dst_path=str(dst)))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{info.version}",
+                                                     dst_path=str(dst_dir)))
     specs = list(local.rglob("model.json"))
     if not specs:
         raise LookupError(f"models:/{name}/{info.version} holds no modelyard model (no model.json)")
     return specs[0].parent, info
+
+
+@contextmanager
+def fetched_model_dir(tracking_uri: str, name: str, *, alias: str | None = None,
+                      version: str | None = None) -> Iterator[tuple[Path, ModelVersionInfo]]:
+    """`download_model_dir` into a temporary directory that is removed when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="modelyard-model-") as tmp:
+        yield download_model_dir(tracking_uri, name, dst_dir=tmp, alias=alias, version=version)
 
 
 # ---- promotion ------------------------------------------------------------------------------------------
@@ -241,8 +256,8 @@ def promote_if_better(
         champ_value = float(champion.tags[metric])
         basis = "its recorded score on the same test set"
     elif score_champion is not None:
-        model_dir, _ = download_model_dir(tracking_uri, name, version=champion.version)
-        champ_value = float(score_champion(model_dir))
+        with fetched_model_dir(tracking_uri, name, version=champion.version) as (model_dir, _):
+            champ_value = float(score_champion(model_dir))
         basis = "re-scored on this test set (its own was different)"
     else:
         raise ValueError(f"champion v{champion.version} was scored on another test set and no re-scorer was given")
