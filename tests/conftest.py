@@ -22,7 +22,7 @@ TEST_DATA_DIR = Path(os.environ.get("MODELYARD_TEST_DATA_DIR", REPO / "tests" / 
 def pytest_configure(config: pytest.Config) -> None:
     configure_environment()
     # Tests must never talk to a stack a developer has running: drop its addresses.
-    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_AUTH_MODE"):
+    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
         os.environ.pop(var, None)
 
 
@@ -78,7 +78,7 @@ def small_config(tmp: Path, data_dir: Path, **overrides: dict) -> PipelineConfig
         "data": {"data_dir": str(data_dir), "train_limit": 4000, "test_limit": 1000},
         "validate": {"report_dir": str(tmp / "reports/validation")},
         "augment": {"prepared_dir": str(tmp / "prepared")},
-        "train": {"output_dir": str(tmp / "artifacts/train"), "epochs": 2, "batch_size": 128, "num_workers": 2},
+        "train": {"output_dir": str(tmp / "artifacts/train"), "epochs": 2, "batch_size": 128},
         "evaluate": {"output_dir": str(tmp / "artifacts/eval"), "metrics_path": str(tmp / "artifacts/metrics.json")},
         "registry": {"tracking_uri": f"sqlite:///{tmp / 'mlflow/mlflow.db'}", "experiment": "tests"},
         "serve": {"port": free_port(), "replicas": 2},

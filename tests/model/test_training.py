@@ -60,6 +60,11 @@ def test_run_leaves_checkpoints_tensorboard_and_a_self_describing_model(trained)
     assert len(checkpoints) == 2  # one per epoch, the newest two kept
     saved = json.loads((out / "train.json").read_text())
     assert saved["epochs"] == 3 and saved["num_workers"] == 2 and saved["device"] == "cpu"
+    assert saved["cpus_per_worker"] == 1  # two workers share this 2-core machine's cores
+    # `auto` precision was resolved on the worker's CPU and recorded: bf16 only where it is native.
+    from modelyard.training.loop import cpu_bf16_support
+
+    assert saved["precision"] == ("bf16" if cpu_bf16_support() else "none") and saved["precision_reason"]
 
 
 def test_training_is_reproducible_in_its_data_order(small_dataset_dir, tmp_path):
@@ -72,7 +77,9 @@ def test_training_is_reproducible_in_its_data_order(small_dataset_dir, tmp_path)
     assert np.array_equal(a.train_indices, b.train_indices) and a.mean == b.mean
 
 
-def test_a_failed_training_leaves_the_previous_output_intact(small_dataset_dir, tmp_path):
+def test_a_refused_training_starts_nothing_and_leaves_the_previous_output_intact(small_dataset_dir, tmp_path):
+    import ray
+
     from modelyard.training.distributed import train
 
     cfg = small_config(tmp_path, small_dataset_dir.parent, train={"mixed_precision": "fp16"})  # no GPU here
@@ -80,7 +87,29 @@ def test_a_failed_training_leaves_the_previous_output_intact(small_dataset_dir, 
     (previous / "model").mkdir(parents=True)
     (previous / "model" / "model.pt").write_bytes(b"weights of the last good run")
     prepared = prepare_splits(small_dataset_dir, cfg.augment)
-    with pytest.raises(ValueError, match="fp16 needs GPUs"):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         train(cfg, small_dataset_dir, prepared)
+    assert not ray.is_initialized()  # the configuration was checked before Ray was started
     assert (previous / "model" / "model.pt").read_bytes() == b"weights of the last good run"
     assert not any(p.name.endswith(".partial") for p in previous.parent.iterdir())
+
+
+def test_a_split_cut_from_other_data_is_refused_with_the_stage_to_rerun(fashion_mnist_dir, tmp_path):
+    """`fetch` with a new train_limit after `augment`: the old split's indices no longer fit the data."""
+    import ray
+
+    from modelyard import stages
+    from modelyard.data.augment import StaleSplitError
+
+    data_dir = tmp_path / "data"
+    (data_dir / "raw").mkdir(parents=True)
+    (data_dir / "raw" / "fashion_mnist").symlink_to(fashion_mnist_dir.parent / "raw" / "fashion_mnist")
+    cfg = small_config(tmp_path, data_dir, data={"train_limit": 3000, "test_limit": 500})
+    stages.fetch(cfg)
+    stages.augment(cfg)
+    smaller = cfg.with_overrides({"data": {"train_limit": 1000}})
+    stages.fetch(smaller)
+    with pytest.raises(StaleSplitError, match=r"re-run `modelyard augment`") as exc:
+        stages.train(smaller, track=False)
+    assert "was cut from dataset" in str(exc.value)
+    assert not ray.is_initialized()
