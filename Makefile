@@ -79,6 +79,7 @@ repro: setup  ## dvc repro with the embedded defaults (no server needed)
 
 bench: setup  ## benchmarks (print ratios against a baseline measured in the same run)
 	$(BIN)/python -m bench.train_step
+	$(BIN)/python -m bench.train_epoch --also-workers 2
 
 clean: down  ## remove run state and pipeline outputs (keeps .venv, data/raw and the MLflow store)
 	rm -rf .run artifacts reports data/prepared

@@ -1,7 +1,7 @@
 """modelyard's training step (augment + autocast + SGD step via `training.loop`) against the same work
 written inline in plain PyTorch, in one process, on real Fashion-MNIST images.
 
-    python -m bench.train_step [--steps 60] [--batch 128] [--precision bf16|none] [--threads 2]
+    python -m bench.train_step [--steps 60] [--batch 128] [--precision auto|bf16|none] [--threads 2]
 
 Prints samples/s for both and the ratio (modelyard / plain); the target is a ratio within a few percent
 of 1.0. Absolute numbers depend on the machine; only the ratio is comparable across machines.
@@ -57,7 +57,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--precision", choices=["bf16", "none"], default="bf16")
+    parser.add_argument("--precision", choices=["auto", "bf16", "none"], default="auto",
+                        help="auto: what training would pick on this CPU (bf16 only where native)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args()
@@ -67,8 +68,9 @@ def main() -> None:
     images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
     mean, std = 0.286, 0.353
     policy = AugmentPolicy(crop_padding=2, hflip_prob=0.5, erasing_prob=0.0)  # erasing has no plain twin here
-    amp = args.precision == "bf16"
-    precision = loop.Precision(device=torch.device("cpu"), mode=args.precision, channels_last=True)
+    mode, why = loop.resolve_precision(args.precision, torch.device("cpu"))
+    amp = mode == "bf16"
+    precision = loop.Precision(device=torch.device("cpu"), mode=mode, channels_last=True)
 
     def make_step(kind: str):
         """A fresh model, optimiser and generator, and one training step of `kind` over them."""
@@ -92,7 +94,7 @@ def main() -> None:
         results[kind].append(measure(make_step(kind), args.steps, args.batch))
 
     plain, ours = max(results["plain"]), max(results["modelyard"])
-    print(f"threads={args.threads} batch={args.batch} precision={args.precision} steps={args.steps}")
+    print(f"threads={args.threads} batch={args.batch} precision={mode} ({why}) steps={args.steps}")
     print(f"plain PyTorch : {plain:8.0f} samples/s")
     print(f"modelyard     : {ours:8.0f} samples/s")
     print(f"ratio modelyard/plain = {ours / plain:.3f}")

@@ -296,6 +296,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train/lr": optimizer.param_groups[0]["lr"],
             "train/epoch_time_s": train_time,
             "train/samples_per_s": totals[2] / train_time,
+            # the whole epoch as a user waits for it: training, validation and the metrics all-reduce
+            "epoch/wall_time_s": time.perf_counter() - t0,
         }
         history.append(metrics)
         tracker.log(metrics, step=epoch + 1)

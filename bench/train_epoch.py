@@ -1,0 +1,122 @@
+"""End-to-end throughput of a Ray Train epoch at the default settings, against one plain PyTorch process.
+
+    python -m bench.train_epoch [--train-images 12000] [--epochs 2] [--also-workers 2]
+
+Both sides train the same CNN on the same real Fashion-MNIST images with the same batch size, precision
+and augmentation, and validate on the same held-out images; each epoch is timed from its first step to its
+validation result. The plain side is one process using every core of this machine (what a user would write
+without Ray). modelyard's side is `modelyard.training.distributed.train` with params.yaml's defaults
+(workers and threads planned from the cluster, precision chosen from the hardware), on a local Ray; its
+last epoch is compared (the first pays for warm-up). Prints samples/s for each and the ratio; target >= 0.9.
+`--also-workers N` adds a run with N explicit workers, to show what the default saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from modelyard.config import DataConfig, load_config
+from modelyard.data.augment import AugmentPolicy, augment_batch, normalize, prepare_splits
+from modelyard.data.dataset import ImageSplit, load_split, read_metadata, write_dataset
+from modelyard.data.fetch import fetch_dataset
+from modelyard.training import loop
+
+
+def plain_epochs(dataset_dir: Path, prepared_dir: Path, cfg, epochs: int) -> list[float]:
+    """The same epoch written as a single plain PyTorch process: samples/s per epoch (train + validation)."""
+    from modelyard.data.augment import load_prepared
+    from modelyard.models import build_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    prepared = load_prepared(prepared_dir)
+    split = load_split(dataset_dir, "train")
+    images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels)
+    train_idx, val_idx = torch.from_numpy(prepared.train_indices), torch.from_numpy(prepared.val_indices)
+    mode, _ = loop.resolve_precision(cfg.train.mixed_precision, torch.device("cpu"))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model("cnn", width=cfg.model.width, dropout=cfg.model.dropout)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.train.learning_rate, momentum=cfg.train.momentum, nesterov=True,
+                          weight_decay=cfg.train.weight_decay)
+    policy = prepared.policy
+    gen = torch.Generator().manual_seed(0)
+    bs = cfg.train.batch_size
+    rates = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        for i in range(0, len(order) - len(order) % bs, bs):
+            idx = order[i:i + bs]
+            x = augment_batch(images[idx], policy, gen, prepared.mean, prepared.std)
+            if cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+                loss = F.cross_entropy(model(x), labels[idx], label_smoothing=cfg.train.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+            for i in range(0, len(val_idx), 1000):
+                model(normalize(images[val_idx[i:i + 1000]], prepared.mean, prepared.std)).argmax(1)
+        rates.append((len(order) - len(order) % bs) / (time.perf_counter() - start))
+    return rates
+
+
+def modelyard_epochs(dataset_dir: Path, prepared_dir: Path, cfg, out_dir: Path) -> tuple[list[float], object]:
+    from modelyard.training.distributed import train
+
+    result = train(cfg, dataset_dir, prepared_dir, output_dir=out_dir)
+    steps = [(h["train/samples_per_s"] * h["train/epoch_time_s"], h["epoch/wall_time_s"]) for h in result.history]
+    return [samples / wall for samples, wall in steps], result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-images", type=int, default=12000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--also-workers", type=int, default=0, help="also time N explicit workers (0: skip)")
+    parser.add_argument("--data-dir", default="data")
+    args = parser.parse_args()
+    os.environ.pop("RAY_ADDRESS", None)  # a local Ray, like `dvc repro`
+
+    full = fetch_dataset(DataConfig(data_dir=args.data_dir))
+    with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp:
+        tmp = Path(tmp)
+        train = load_split(full, "train")
+        dataset_dir = write_dataset(tmp / "fashion_mnist", {
+            "train": ImageSplit(train.images[:args.train_images], train.labels[:args.train_images]),
+            "test": load_split(full, "test")}, read_metadata(full)["classes"], source="bench subset", name="fashion_mnist")
+        cfg = load_config("params.yaml", {"train": {"epochs": args.epochs, "output_dir": str(tmp / "train")},
+                                          "augment": {"prepared_dir": str(tmp / "prepared")}})
+        prepared_dir = prepare_splits(dataset_dir, cfg.augment)
+
+        plain = plain_epochs(dataset_dir, prepared_dir, cfg, args.epochs)
+        ours, result = modelyard_epochs(dataset_dir, prepared_dir, cfg, tmp / "train")
+        print(f"cpu={platform.processor() or platform.machine()} cores={os.cpu_count()} "
+              f"native_bf16={loop.cpu_bf16_support()} images={args.train_images} epochs={args.epochs} "
+              f"batch={cfg.train.batch_size}")
+        print(f"plain PyTorch, 1 process x {os.cpu_count()} threads : "
+              f"{', '.join(f'{r:6.0f}' for r in plain)} samples/s per epoch")
+        print(f"modelyard Ray Train, {result.num_workers} worker(s) x {result.cpus_per_worker} CPU(s), "
+              f"precision {result.precision} : {', '.join(f'{r:6.0f}' for r in ours)} samples/s per epoch")
+        print(f"ratio modelyard/plain (last epoch, train + validation) = {ours[-1] / plain[-1]:.3f}")
+        if args.also_workers:
+            explicit = cfg.with_overrides({"train": {"num_workers": args.also_workers}})
+            theirs, res = modelyard_epochs(dataset_dir, prepared_dir, explicit, tmp / "train-explicit")
+            print(f"for comparison, {res.num_workers} worker(s) x {res.cpus_per_worker} CPU(s): "
+                  f"{', '.join(f'{r:6.0f}' for r in theirs)} samples/s; ratio {theirs[-1] / plain[-1]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

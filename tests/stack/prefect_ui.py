@@ -1,0 +1,80 @@
+"""Drive the Prefect 3 web UI like a person: start a custom training-pipeline run.
+
+Used by the stack tests with a Playwright ``Page`` (sync API). The UI is the
+default (Vue, "V1") Prefect UI served by ``prefect server start``. Quirks it
+copes with:
+
+* the deployments list shows two links named ``training-pipeline`` (the
+  deployment and its flow), so the deployment one is picked by its href;
+* "Custom run" in the Run menu is a link to ``.../run?parameters=...``;
+* each pydantic section (``train`` ...) renders already expanded as an
+  any-of ``TrainConfig | None`` property; field labels read ``Epochs
+  (Optional)`` and are not bound to their inputs, so ``get_by_label`` finds
+  nothing and fields are found by their label text inside the section;
+* the page scrolls inside ``.app-router-view``, not the document, so a
+  full-page screenshot needs a viewport as tall as that element;
+* after Submit the UI returns to the deployment page and shows a toast with a
+  "View run" button, which leads to ``/runs/flow-run/<id>``.
+"""
+
+from __future__ import annotations
+
+import re
+from os import PathLike
+
+from playwright.sync_api import Page
+
+DEPLOYMENT = "training-pipeline"
+TIMEOUT_MS = 30_000
+_FLOW_RUN_URL = re.compile(r"/runs/flow-run/([0-9a-f-]{36})")
+
+
+def custom_run_from_ui(
+    page: Page, base_url: str, epochs: int, screenshot_path: str | PathLike[str]
+) -> str:
+    """In the Prefect UI: open the training-pipeline deployment, choose Run ->
+    Custom run, set train.epochs in the parameter form to `epochs`, take a
+    full-page screenshot of the filled form to screenshot_path, submit, and
+    return the new flow run's id (from the URL the UI navigates to)."""
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{base_url.rstrip('/')}/deployments")
+
+    # Deployments list: the deployment's name link (not the flow's same-named link).
+    page.get_by_role("link", name=DEPLOYMENT, exact=True).and_(
+        page.locator("[href*='/deployments/deployment/']")
+    ).click()
+    page.wait_for_url("**/deployments/deployment/*")
+
+    # Deployment page header: the "Run" button opens a menu: Quick run / Custom run.
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_role("link", name="Custom run").click()
+    page.wait_for_url("**/run?**")
+
+    # Parameter form: the `train` section, then its `Epochs` field (a number input).
+    train = page.locator(".schema-form-property").filter(
+        has=page.get_by_text(re.compile(r"^train\b"))
+    ).first
+    epochs_field = train.locator(".schema-form-property").filter(
+        has=page.get_by_text(re.compile(r"^Epochs\b"))
+    )
+    epochs_input = epochs_field.get_by_role("spinbutton")
+    epochs_input.fill(str(epochs))
+    if epochs_input.input_value() != str(epochs):
+        raise AssertionError(f"train.epochs input reads {epochs_input.input_value()!r}")
+
+    # Screenshot the whole filled form: grow the viewport to the scrolling view's height.
+    viewport = page.viewport_size or {"width": 1400, "height": 1000}
+    height = page.evaluate("document.querySelector('.app-router-view').scrollHeight")
+    page.set_viewport_size({"width": viewport["width"], "height": max(height, viewport["height"])})
+    page.screenshot(path=str(screenshot_path), full_page=True)
+    page.set_viewport_size(viewport)
+
+    # Form footer: "Submit" (validates the parameters on the server, then creates the run).
+    page.get_by_role("button", name="Submit", exact=True).click()
+
+    # Success toast on the deployment page: "<run name> scheduled to start now" + "View run".
+    import time; time.sleep(0.5); open("/tmp/ui/toast.html","w").write(page.content()); page.get_by_role("button", name="View run").first.click()
+    page.wait_for_url(_FLOW_RUN_URL)
+    match = _FLOW_RUN_URL.search(page.url)
+    assert match is not None
+    return match.group(1)

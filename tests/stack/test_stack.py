@@ -1,0 +1,216 @@
+"""The stack of `make up`, started the way a newcomer's machine starts it, and used the way users use it.
+
+`infra/stack.sh up` runs with HOME pointed at an empty directory and every port moved off its default, so
+the test leans on nothing a developer's machine may have (a Ray token in ~/.ray, a Prefect profile) and
+cannot collide with a stack that is running. Then: the `training-pipeline` deployment is run through the
+Prefect REST API exactly as the UI's Run button does; the model it trains is served and classifies real
+images; a Custom run is made in a real browser; and `infra/stack.sh down` leaves no process and no listener.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from conftest import REPO, free_port, small_config
+
+pytestmark = [pytest.mark.stack, pytest.mark.integration, pytest.mark.slow]
+
+DEPLOYMENT = "training-pipeline/training-pipeline"
+ARTIFACTS_DIR = REPO / "tests" / ".artifacts"  # screenshots kept for a person to look at (git-ignored)
+STACK_ENV_DROP = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILES_PATH",
+                  "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    home: Path
+    run_dir: Path
+    ports: dict[str, int]
+    cfg: object  # the PipelineConfig the deployment is prefilled with
+
+    @property
+    def prefect_api(self) -> str:
+        return f"http://127.0.0.1:{self.ports['PREFECT_PORT']}/api"
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['SERVE_PORT']}"
+
+    def script(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(["infra/stack.sh", *args], cwd=REPO, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted((self.run_dir / "logs").glob("*.log")))
+
+
+@pytest.fixture(scope="module")
+def stack(fashion_mnist_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stack")
+    home = tmp / "home"
+    home.mkdir()
+    data_dir = tmp / "data"
+    (data_dir / "raw").mkdir(parents=True)
+    (data_dir / "raw" / "fashion_mnist").symlink_to(fashion_mnist_dir.parent / "raw" / "fashion_mnist")
+    ports = {name: free_port() for name in ("PREFECT_PORT", "MLFLOW_PORT", "RAY_PORT", "RAY_DASHBOARD_PORT",
+                                            "RAY_CLIENT_PORT", "RAY_DASHBOARD_AGENT_PORT", "SERVE_PORT")}
+    # A small run: 3,000 real training images, one epoch; the registry is the stack's MLflow server.
+    cfg = small_config(tmp, data_dir, data={"train_limit": 3000, "test_limit": 1000}, train={"epochs": 1},
+                       registry={"tracking_uri": None, "experiment": "stack-test"},
+                       serve={"port": ports["SERVE_PORT"]})
+    params = tmp / "params.yaml"
+    params.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in STACK_ENV_DROP}
+    env |= {"HOME": str(home), "MODELYARD_RUN_DIR": str(tmp / "run"), "MLFLOW_STORE_DIR": str(tmp / "mlflow"),
+            "MODELYARD_PARAMS": str(params)} | {k: str(v) for k, v in ports.items()}
+    stack = Stack(env=env, home=home, run_dir=tmp / "run", ports=ports, cfg=cfg)
+    started = time.monotonic()
+    up = stack.script("up")
+    try:
+        assert up.returncode == 0, f"stack.sh up failed:\n{up.stdout}\n{up.stderr}\n{stack.logs()}"
+        print(f"stack up in {time.monotonic() - started:.0f} s")
+        yield stack
+    finally:
+        stack.script("down", timeout=120)
+
+
+def run_deployment_as_the_ui_does(api: str, parameters: dict | None = None) -> str:
+    """POST /deployments/{id}/create_flow_run: what the UI's Run button sends. Returns the flow run id."""
+    deployment = requests.get(f"{api}/deployments/name/{DEPLOYMENT}", timeout=10)
+    deployment.raise_for_status()
+    body = {"parameters": parameters} if parameters else {}
+    run = requests.post(f"{api}/deployments/{deployment.json()['id']}/create_flow_run", json=body, timeout=10)
+    run.raise_for_status()
+    return run.json()["id"]
+
+
+def wait_for_flow_run(stack: Stack, flow_run_id: str, timeout_s: float = 600) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = requests.get(f"{stack.prefect_api}/flow_runs/{flow_run_id}", timeout=10).json()
+        if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(3)
+    raise AssertionError(f"flow run {flow_run_id} not finished after {timeout_s:.0f} s\n{stack.logs()}")
+
+
+def test_the_deployment_run_from_the_api_trains_registers_and_serves(stack, image_bytes, class_names):
+    started = time.monotonic()
+    flow_run_id = run_deployment_as_the_ui_does(stack.prefect_api)
+    run = wait_for_flow_run(stack, flow_run_id)
+    assert run["state_type"] == "COMPLETED", f"{run['state_name']}\n{stack.logs()}"
+    print(f"deployment run completed in {time.monotonic() - started:.0f} s")
+
+    # The registry is the stack's MLflow server, and the champion is what is being served.
+    mlflow_api = f"http://127.0.0.1:{stack.ports['MLFLOW_PORT']}/api/2.0/mlflow"
+    champion = requests.get(f"{mlflow_api}/registered-models/alias",
+                            params={"name": stack.cfg.registry.model_name, "alias": "champion"}, timeout=10)
+    assert champion.ok, champion.text
+    version = champion.json()["model_version"]["version"]
+    correct = 0
+    for stem, data in image_bytes.items():
+        resp = requests.post(f"{stack.serve_url}/predict", files={"file": (f"{stem}.png", data, "image/png")},
+                             timeout=30)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["model"] == {"name": stack.cfg.registry.model_name, "version": version}
+        assert body["label"] == class_names[body["index"]]
+        correct += body["label"].lower().replace("/", "-").replace(" ", "-") == stem
+    assert correct >= 5, f"{correct}/10 real test images right after one epoch on 3,000 images"
+
+    # Nothing was put in the (empty) HOME: the Ray token and Prefect's home live in the run directory.
+    assert (stack.run_dir / "ray" / "auth_token").stat().st_mode & 0o077 == 0  # readable by the owner only
+    assert not {".ray", ".prefect", ".mlflow"} & {p.name for p in stack.home.iterdir()}, list(stack.home.iterdir())
+
+
+def test_a_custom_run_made_in_the_prefect_ui_completes_with_the_form_values(stack):
+    from playwright.sync_api import sync_playwright
+
+    from prefect_ui import custom_run_from_ui
+
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTIFACTS_DIR / "prefect-custom-run-form.png"
+    epochs = stack.cfg.train.epochs + 1
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            flow_run_id = custom_run_from_ui(page, f"http://127.0.0.1:{stack.ports['PREFECT_PORT']}", epochs,
+                                             screenshot)
+        finally:
+            browser.close()
+    assert screenshot.stat().st_size > 10_000  # the filled form, for a person to look at
+    run = wait_for_flow_run(stack, flow_run_id)
+    assert run["state_type"] == "COMPLETED", f"{run['state_name']}\n{stack.logs()}"
+    assert run["parameters"]["train"]["epochs"] == epochs
+    assert run["deployment_id"]  # a run of the deployment, not an ad-hoc flow
+
+
+def chromium() -> str:
+    for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser"):
+        if Path(candidate).is_file():
+            return candidate
+    raise AssertionError("Debian's chromium is not installed: run `make browser` (make test does)")
+
+
+def test_down_leaves_no_process_and_no_listener(stack):
+    before = stack_processes(stack)
+    assert before, "no stack process found before `down`"
+    down = stack.script("down", timeout=180)
+    assert down.returncode == 0, down.stderr
+    time.sleep(1)
+    left = {pid: cmd for pid, cmd in stack_processes(stack).items()} | {
+        pid: cmd for pid, cmd in before.items() if alive(pid)}
+    assert not left, f"still running after down: {left}"
+    listening = [name for name, port in stack.ports.items() if listens(port)]
+    assert not listening, f"still listening after down: {listening}"
+    assert not list(stack.run_dir.glob("*.pid"))
+
+
+def stack_processes(stack: Stack) -> dict[int, str]:
+    """Every live process of this stack: the sessions `up` recorded, and any process naming its ports or dirs."""
+    sessions = set()
+    for pid_file in stack.run_dir.glob("*.pid"):
+        try:
+            sessions.add(os.getsid(int(pid_file.read_text())))
+        except (ProcessLookupError, ValueError):
+            pass
+    needles = [str(stack.run_dir), f"127.0.0.1:{stack.ports['RAY_PORT']}", stack.env["MLFLOW_STORE_DIR"]]
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        pid = int(proc.name)
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            in_session = os.getsid(pid) in sessions
+        except (OSError, ProcessLookupError):
+            continue
+        if alive(pid) and (in_session or any(n in cmd for n in needles)):
+            found[pid] = cmd[:160]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, ProcessLookupError):
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited; only its parent's bookkeeping remains
+
+
+def listens(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
