@@ -24,32 +24,35 @@ from modelyard.training import loop
 
 
 def plain_step(model, opt, images, labels, idx, gen, mean, std, amp):
-    # The same computation, written out: crop(pad 2) + flip + normalise + erase, autocast, SGD.
+    # The same computation, written out: crop(pad 2) + flip + normalise, autocast, SGD.
+    dev = images.device
     x = images[idx].float().div(255).unsqueeze(1)
     b = x.shape[0]
     padded = F.pad(x, (2, 2, 2, 2))
-    dy = torch.randint(0, 5, (b,), generator=gen)
-    dx = torch.randint(0, 5, (b,), generator=gen)
-    rows = (dy[:, None] + torch.arange(28))[:, :, None]
-    cols = (dx[:, None] + torch.arange(28))[:, None, :]
-    x = padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
-    flip = torch.rand(b, generator=gen) < 0.5
+    dy = torch.randint(0, 5, (b,), generator=gen, device=dev)
+    dx = torch.randint(0, 5, (b,), generator=gen, device=dev)
+    rows = (dy[:, None] + torch.arange(28, device=dev))[:, :, None]
+    cols = (dx[:, None] + torch.arange(28, device=dev))[:, None, :]
+    x = padded.permute(0, 2, 3, 1)[torch.arange(b, device=dev)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    flip = torch.rand(b, generator=gen, device=dev) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
     x = (x - mean) / std
     x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
         loss = F.cross_entropy(model(x), labels[idx], label_smoothing=0.1)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
 
 
-def measure(fn, steps: int, batch: int) -> float:
+def measure(fn, steps: int, batch: int, sync=lambda: None) -> float:
     for _ in range(5):
         fn()
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         fn()
+    sync()
     return steps * batch / (time.perf_counter() - start)
 
 
@@ -60,27 +63,30 @@ def main() -> None:
     parser.add_argument("--precision", choices=["auto", "bf16", "none"], default="auto",
                         help="auto: what training would pick on this CPU (bf16 only where native)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (data resident there, as in training)")
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     train = load_split(fetch_dataset(DataConfig(data_dir=args.data_dir)), "train")
-    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    images, labels = torch.from_numpy(train.images).to(dev), torch.from_numpy(train.labels).to(dev)
     mean, std = 0.286, 0.353
     policy = AugmentPolicy(crop_padding=2, hflip_prob=0.5, erasing_prob=0.0)  # erasing has no plain twin here
-    mode, why = loop.resolve_precision(args.precision, torch.device("cpu"))
+    mode, why = loop.resolve_precision(args.precision, dev)
     amp = mode == "bf16"
-    precision = loop.Precision(device=torch.device("cpu"), mode=mode, channels_last=True)
+    precision = loop.Precision(device=dev, mode=mode, channels_last=True)
 
     def make_step(kind: str):
         """A fresh model, optimiser and generator, and one training step of `kind` over them."""
         torch.manual_seed(0)
-        model = build_model("cnn", width=32).to(memory_format=torch.channels_last).train()
+        model = build_model("cnn", width=32).to(dev).to(memory_format=torch.channels_last).train()
         opt = loop.build_optimizer(model, 0.1, 0.9, 5e-4)
-        gen = torch.Generator().manual_seed(0)
+        gen = torch.Generator(device=dev).manual_seed(0)
 
         def step() -> None:
-            i = torch.randint(0, len(labels), (args.batch,), generator=gen)
+            i = torch.randint(0, len(labels), (args.batch,), generator=gen, device=dev)
             if kind == "plain":
                 plain_step(model, opt, images, labels, i, gen, mean, std, amp)
             else:
@@ -91,10 +97,11 @@ def main() -> None:
 
     results: dict[str, list[float]] = {"plain": [], "modelyard": []}
     for kind in ("plain", "modelyard", "plain", "modelyard"):  # interleaved twice against drift
-        results[kind].append(measure(make_step(kind), args.steps, args.batch))
+        results[kind].append(measure(make_step(kind), args.steps, args.batch, sync))
 
     plain, ours = max(results["plain"]), max(results["modelyard"])
-    print(f"threads={args.threads} batch={args.batch} precision={mode} ({why}) steps={args.steps}")
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {args.threads} threads"
+    print(f"{where}: batch={args.batch} precision={mode} ({why}) steps={args.steps}")
     print(f"plain PyTorch : {plain:8.0f} samples/s")
     print(f"modelyard     : {ours:8.0f} samples/s")
     print(f"ratio modelyard/plain = {ours / plain:.3f}")
