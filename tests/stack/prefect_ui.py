@@ -13,8 +13,10 @@ copes with:
   nothing and fields are found by their label text inside the section;
 * the page scrolls inside ``.app-router-view``, not the document, so a
   full-page screenshot needs a viewport as tall as that element;
-* after Submit the UI returns to the deployment page and shows a toast with a
-  "View run" button, which leads to ``/runs/flow-run/<id>``.
+* after Submit the UI returns to the deployment page and shows a 5 s toast
+  with a "View run" button, which leads to ``/runs/flow-run/<id>``; the
+  toast app is mounted twice (two stacked copies), so the last is clicked,
+  and the run's name in the Runs tab is the fallback.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 from os import PathLike
 
 from playwright.sync_api import Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 DEPLOYMENT = "training-pipeline"
 TIMEOUT_MS = 30_000
@@ -69,11 +72,25 @@ def custom_run_from_ui(
     page.screenshot(path=str(screenshot_path), full_page=True)
     page.set_viewport_size(viewport)
 
+    # Form top: the prefilled "Run Name" text box; the name finds the run after submitting.
+    run_name = (
+        page.locator(".p-label")
+        .filter(has=page.get_by_text("Run Name", exact=True))
+        .get_by_role("textbox")
+        .input_value()
+    )
     # Form footer: "Submit" (validates the parameters on the server, then creates the run).
     page.get_by_role("button", name="Submit", exact=True).click()
 
-    # Success toast on the deployment page: "<run name> scheduled to start now" + "View run".
-    import time; time.sleep(0.5); open("/tmp/ui/toast.html","w").write(page.content()); page.get_by_role("button", name="View run").first.click()
+    # Success toast (shown ~5 s) on the deployment page: "<run name> scheduled to start
+    # now" + "View run". The toast app is mounted twice; the last copy is the clickable one.
+    # Should the toast be gone, the run's name links to it from the deployment's Runs tab.
+    page.wait_for_url("**/deployments/deployment/*")
+    toast = page.locator(".toast-flow-run-create").filter(has_text=run_name).last
+    try:
+        toast.get_by_role("button", name="View run").click(timeout=5_000)
+    except PlaywrightTimeoutError:
+        page.get_by_role("link", name=run_name, exact=True).first.click()
     page.wait_for_url(_FLOW_RUN_URL)
     match = _FLOW_RUN_URL.search(page.url)
     assert match is not None
