@@ -6,6 +6,8 @@ export RUN_DIR="${MODELYARD_RUN_DIR:-$ROOT/.run}"            # pid files, logs, 
 export MODELYARD_PARAMS="${MODELYARD_PARAMS:-params.yaml}"    # what the deployment's form is prefilled with
 export MLFLOW_STORE_DIR="${MLFLOW_STORE_DIR:-$ROOT/mlflow}"   # mlflow.db + artifacts/, the embedded default's store
 
+export MPLCONFIGDIR="$RUN_DIR/matplotlib"                     # matplotlib's font cache, not in ~/.cache
+
 # Telemetry off for every tool.
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \
        MLFLOW_ENABLE_TELEMETRY=false RAY_USAGE_STATS_ENABLED=0 DVC_NO_ANALYTICS=1 \

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.integration, pytest.mark.slow]
 
 DEPLOYMENT = "training-pipeline/training-pipeline"
 ARTIFACTS_DIR = REPO / "tests" / ".artifacts"  # screenshots kept for a person to look at (git-ignored)
-STACK_ENV_DROP = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILES_PATH",
+STACK_ENV_DROP = ("MPLCONFIGDIR", "RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILES_PATH",
                   "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")
 
 
@@ -64,8 +64,8 @@ def stack(fashion_mnist_dir, tmp_path_factory):
     (data_dir / "raw" / "fashion_mnist").symlink_to(fashion_mnist_dir.parent / "raw" / "fashion_mnist")
     ports = {name: free_port() for name in ("PREFECT_PORT", "MLFLOW_PORT", "RAY_PORT", "RAY_DASHBOARD_PORT",
                                             "RAY_CLIENT_PORT", "RAY_DASHBOARD_AGENT_PORT", "SERVE_PORT")}
-    # A small run: 3,000 real training images, one epoch; the registry is the stack's MLflow server.
-    cfg = small_config(tmp, data_dir, data={"train_limit": 3000, "test_limit": 1000}, train={"epochs": 1},
+    # A small run: 4,000 real training images, two epochs; the registry is the stack's MLflow server.
+    cfg = small_config(tmp, data_dir, data={"train_limit": 4000, "test_limit": 1000}, train={"epochs": 2},
                        registry={"tracking_uri": None, "experiment": "stack-test"},
                        serve={"port": ports["SERVE_PORT"]})
     params = tmp / "params.yaml"
@@ -117,6 +117,10 @@ def test_the_deployment_run_from_the_api_trains_registers_and_serves(stack, imag
                             params={"name": stack.cfg.registry.model_name, "alias": "champion"}, timeout=10)
     assert champion.ok, champion.text
     version = champion.json()["model_version"]["version"]
+    run = requests.get(f"{mlflow_api}/runs/get", params={"run_id": champion.json()["model_version"]["run_id"]},
+                       timeout=10).json()["run"]
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert run["info"]["status"] == "FINISHED" and metrics["test/accuracy"] > 0.60  # chance is 0.10
     correct = 0
     for stem, data in image_bytes.items():
         resp = requests.post(f"{stack.serve_url}/predict", files={"file": (f"{stem}.png", data, "image/png")},
@@ -126,11 +130,11 @@ def test_the_deployment_run_from_the_api_trains_registers_and_serves(stack, imag
         assert body["model"] == {"name": stack.cfg.registry.model_name, "version": version}
         assert body["label"] == class_names[body["index"]]
         correct += body["label"].lower().replace("/", "-").replace(" ", "-") == stem
-    assert correct >= 5, f"{correct}/10 real test images right after one epoch on 3,000 images"
+    assert correct >= 4, f"{correct}/10 real test images right after two epochs on 4,000 images"
 
-    # Nothing was put in the (empty) HOME: the Ray token and Prefect's home live in the run directory.
+    # Nothing was put in the (empty) HOME: the Ray token, Prefect's home and caches live in the run directory.
     assert (stack.run_dir / "ray" / "auth_token").stat().st_mode & 0o077 == 0  # readable by the owner only
-    assert not {".ray", ".prefect", ".mlflow"} & {p.name for p in stack.home.iterdir()}, list(stack.home.iterdir())
+    assert not list(stack.home.iterdir()), [str(p) for p in stack.home.rglob("*")]
 
 
 def test_a_custom_run_made_in_the_prefect_ui_completes_with_the_form_values(stack):
