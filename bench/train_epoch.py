@@ -1,14 +1,17 @@
 """End-to-end throughput of a Ray Train epoch at the default settings, against one plain PyTorch process.
 
-    python -m bench.train_epoch [--train-images 12000] [--epochs 2] [--also-workers 2]
+    python -m bench.train_epoch [--train-images 12000] [--epochs 3] [--rounds 2] [--also-workers 2]
 
 Both sides train the same CNN on the same real Fashion-MNIST images with the same batch size, precision
 and augmentation, and validate on the same held-out images; each epoch is timed from its first step to its
 validation result. The plain side is one process using every core of this machine (what a user would write
 without Ray). modelyard's side is `modelyard.training.distributed.train` with params.yaml's defaults
 (workers and threads planned from the cluster, precision chosen from the hardware), on a local Ray; its
-last epoch is compared (the first pays for warm-up). Prints samples/s for each and the ratio; target >= 0.9.
-`--also-workers N` adds a run with N explicit workers, to show what the default saves.
+epochs after the first are compared (the first pays for warm-up). On a shared machine the speed of the
+very same loop drifts by 10% or more from one minute to the next, so the runs alternate (plain, modelyard,
+plain, modelyard, plain) and the ratio is of the medians over all their epochs after the first. Prints
+samples/s for each epoch and the ratio; target >= 0.9. `--also-workers N` adds runs with N explicit
+workers, to show what the default saves.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -84,7 +88,8 @@ def modelyard_epochs(dataset_dir: Path, prepared_dir: Path, cfg, out_dir: Path) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-images", type=int, default=12000)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="plain/modelyard alternations")
     parser.add_argument("--also-workers", type=int, default=0, help="also time N explicit workers (0: skip)")
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args()
@@ -101,22 +106,33 @@ def main() -> None:
                                           "augment": {"prepared_dir": str(tmp / "prepared")}})
         prepared_dir = prepare_splits(dataset_dir, cfg.augment)
 
-        plain = plain_epochs(dataset_dir, prepared_dir, cfg, args.epochs)
-        ours, result = modelyard_epochs(dataset_dir, prepared_dir, cfg, tmp / "train")
+        plain_rates, ours_rates, explicit_rates = [], [], []
+        explicit = cfg.with_overrides({"train": {"num_workers": args.also_workers or 1}})
+        lines = []
+        for round_ in range(args.rounds):
+            rates = plain_epochs(dataset_dir, prepared_dir, cfg, args.epochs)
+            plain_rates += rates[1:]
+            lines.append(("plain PyTorch, 1 process", rates))
+            rates, result = modelyard_epochs(dataset_dir, prepared_dir, cfg, tmp / f"train-{round_}")
+            ours_rates += rates[1:]
+            lines.append((f"modelyard: {result.num_workers} worker(s) x {result.cpus_per_worker} CPU(s)", rates))
+            if args.also_workers:
+                rates, res = modelyard_epochs(dataset_dir, prepared_dir, explicit, tmp / f"explicit-{round_}")
+                explicit_rates += rates[1:]
+                lines.append((f"modelyard: {res.num_workers} worker(s) x {res.cpus_per_worker} CPU(s), explicit", rates))
+        rates = plain_epochs(dataset_dir, prepared_dir, cfg, args.epochs)
+        plain_rates += rates[1:]
+        lines.append(("plain PyTorch, 1 process", rates))
         print(f"cpu={platform.processor() or platform.machine()} cores={os.cpu_count()} "
-              f"native_bf16={loop.cpu_bf16_support()} images={args.train_images} epochs={args.epochs} "
-              f"batch={cfg.train.batch_size}")
-        print(f"plain PyTorch, 1 process x {os.cpu_count()} threads : "
-              f"{', '.join(f'{r:6.0f}' for r in plain)} samples/s per epoch")
-        print(f"modelyard Ray Train, {result.num_workers} worker(s) x {result.cpus_per_worker} CPU(s), "
-              f"precision {result.precision} : {', '.join(f'{r:6.0f}' for r in ours)} samples/s per epoch")
-        print(f"ratio modelyard/plain (last epoch, train + validation) = {ours[-1] / plain[-1]:.3f}")
-        if args.also_workers:
-            explicit = cfg.with_overrides({"train": {"num_workers": args.also_workers}})
-            theirs, res = modelyard_epochs(dataset_dir, prepared_dir, explicit, tmp / "train-explicit")
-            print(f"for comparison, {res.num_workers} worker(s) x {res.cpus_per_worker} CPU(s): "
-                  f"{', '.join(f'{r:6.0f}' for r in theirs)} samples/s; ratio {theirs[-1] / plain[-1]:.3f}")
-
+              f"native_bf16={loop.cpu_bf16_support()} precision={result.precision} images={args.train_images} "
+              f"epochs={args.epochs} batch={cfg.train.batch_size}; samples/s per epoch (train + validation):")
+        for name, rates in lines:
+            print(f"  {name:<52} {', '.join(f'{r:5.0f}' for r in rates)}")
+        plain = statistics.median(plain_rates)
+        print(f"median after warm-up: plain {plain:.0f}, modelyard {statistics.median(ours_rates):.0f} samples/s")
+        if explicit_rates:
+            print(f"ratio with {args.also_workers} explicit workers = {statistics.median(explicit_rates) / plain:.3f}")
+        print(f"ratio modelyard/plain (default settings) = {statistics.median(ours_rates) / plain:.3f}")
 
 if __name__ == "__main__":
     main()
