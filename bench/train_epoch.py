@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from modelyard.config import DataConfig, load_config
-from modelyard.data.augment import AugmentPolicy, augment_batch, normalize, prepare_splits
+from modelyard.data.augment import augment_batch, normalize, prepare_splits
 from modelyard.data.dataset import ImageSplit, load_split, read_metadata, write_dataset
 from modelyard.data.fetch import fetch_dataset
 from modelyard.training import loop

@@ -20,7 +20,7 @@ start() {  # start NAME CMD...: run CMD in a new session, log to .run/logs/NAME.
   if running "$name"; then say "$name already running (pid $(cat "$RUN_DIR/$name.pid"))"; return; fi
   setsid "$@" >"$RUN_DIR/logs/$name.log" 2>&1 < /dev/null &
   echo $! >"$RUN_DIR/$name.pid"
-  say "$name started (pid $!, log .run/logs/$name.log)"
+  say "$name started (pid $!, log ${RUN_DIR#"$ROOT"/}/logs/$name.log)"
 }
 
 wait_http() {  # wait_http NAME URL TIMEOUT: any HTTP answer counts (Ray's dashboard says 401 without a token)

@@ -139,7 +139,6 @@ def test_the_deployment_run_from_the_api_trains_registers_and_serves(stack, imag
 
 def test_a_custom_run_made_in_the_prefect_ui_completes_with_the_form_values(stack):
     from playwright.sync_api import sync_playwright
-
     from prefect_ui import custom_run_from_ui
 
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
