@@ -31,6 +31,7 @@ from modelyard.config import DataConfig, load_config
 from modelyard.data.augment import augment_batch, normalize, prepare_splits
 from modelyard.data.dataset import ImageSplit, load_split, read_metadata, write_dataset
 from modelyard.data.fetch import fetch_dataset
+from modelyard.runtime import configure_environment
 from modelyard.training import loop
 
 
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--also-workers", type=int, default=0, help="also time N explicit workers (0: skip)")
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args()
+    configure_environment()  # the project's process settings (telemetry off, Ray's metrics collection off)
     os.environ.pop("RAY_ADDRESS", None)  # a local Ray, like `dvc repro`
 
     full = fetch_dataset(DataConfig(data_dir=args.data_dir))

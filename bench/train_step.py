@@ -22,6 +22,7 @@ from modelyard.data.augment import AugmentPolicy, augment_batch
 from modelyard.data.dataset import load_split
 from modelyard.data.fetch import fetch_dataset
 from modelyard.models import build_model
+from modelyard.runtime import configure_environment
 from modelyard.training import loop
 
 
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (data resident there, as in training)")
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args()
+    configure_environment()  # the project's process settings (telemetry off, Ray's metrics collection off)
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

@@ -37,3 +37,6 @@ export RAY_AUTH_TOKEN_PATH="${RAY_AUTH_TOKEN_PATH:-$RUN_DIR/ray/auth_token}"
 # Keep the node on loopback: without this, `ray start` swaps 127.0.0.1 for a routable address and its
 # servers listen on every interface. Ray's single-machine switch; drop it when adding nodes to the cluster.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+# Ray's metrics collection costs ~20% of a 2-core machine's training throughput (see modelyard.runtime);
+# set it to 1 on a cluster with cores to spare and a Prometheus to read it.
+export RAY_enable_metrics_collection="${RAY_enable_metrics_collection:-0}"
