@@ -70,7 +70,10 @@ def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = 
 
 @contextmanager
 def _failing_marks_run(cfg: PipelineConfig) -> Iterator[None]:
-    """A stage after training that fails ends the training's MLflow run FAILED instead of leaving it RUNNING."""
+    """A stage after training that fails ends the training's MLflow run FAILED instead of leaving it RUNNING.
+
+    A run that has already ended (an earlier, complete pipeline's) is left as it is.
+    """
     try:
         yield
     except BaseException:
@@ -79,8 +82,10 @@ def _failing_marks_run(cfg: PipelineConfig) -> Iterator[None]:
             from modelyard import registry
 
             try:
-                registry.end_run(cfg.registry.resolved_tracking_uri(), run_id, status="FAILED")
-                log.error("marked MLflow run %s FAILED", run_id)
+                uri = cfg.registry.resolved_tracking_uri()
+                if registry.get_run(uri, run_id)["status"] == "RUNNING":
+                    registry.end_run(uri, run_id, status="FAILED")
+                    log.error("marked MLflow run %s FAILED", run_id)
             except Exception as exc:  # the stage's own error matters more than this one
                 log.warning("could not mark MLflow run %s FAILED: %s", run_id, exc)
         raise

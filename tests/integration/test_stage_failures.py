@@ -38,3 +38,11 @@ def test_a_failed_registration_marks_the_run_failed(trained_run):
     with pytest.raises(FileNotFoundError, match="run the evaluate stage first"):
         stages.register(cfg)
     assert registry.get_run(uri, run_id)["status"] == "FAILED"
+
+
+def test_a_failure_leaves_an_already_finished_run_alone(trained_run):
+    cfg, uri, run_id = trained_run
+    registry.end_run(uri, run_id)  # an earlier pipeline completed with this training output
+    with pytest.raises(FileNotFoundError):
+        stages.register(cfg)
+    assert registry.get_run(uri, run_id)["status"] == "FINISHED"
