@@ -93,7 +93,7 @@ class TrainConfig(_Section):
     num_workers: int | Literal["auto"] = Field(
         "auto",
         description="Ray Train workers. auto: one per GPU on GPU clusters; on CPUs one per node, each using "
-                    "every core of its node (one process with all threads beats several small ones).",
+                    "every core of its node (no gradient all-reduce inside a node, the data held once).",
     )
     cpus_per_worker: int | Literal["auto"] = Field(
         "auto", description="CPUs (and torch threads) each worker takes. auto: the node's CPUs / its workers."

@@ -63,9 +63,10 @@ class WorkerPlan:
 def plan_workers(tc: TrainConfig, nodes: list[dict[str, float]]) -> WorkerPlan:
     """Choose workers x CPUs from the resources of the cluster's alive nodes (`[{"CPU": 2, "GPU": 0}, ...]`).
 
-    GPUs: one worker per GPU. CPUs only: one worker per node using every core of it, because on one node
-    a single process with N threads outruns N single-threaded processes that also pay for DDP's all-reduce
-    (measured: 2 workers x 1 thread ran at 0.69x one process with 2 threads on a 2-core machine).
+    GPUs: one worker per GPU. CPUs only: one worker per node using every core of it: one process per node
+    holds the data once and needs no gradient all-reduce within the node. (On 2 cores, `make bench` measured
+    1 worker x 2 threads at 0.973x plain PyTorch and 2 workers x 1 thread at 0.972x: equal within noise.
+    The 0.69x once seen with 2 workers was Ray's metrics collection, now off; see `modelyard.runtime`.)
     Explicit `num_workers` / `cpus_per_worker` are honoured and checked against what the cluster has.
     """
     cpu_nodes = [n for n in nodes if n.get("CPU", 0) >= 1]
