@@ -1,17 +1,19 @@
 """The training pipeline flow: fetch -> validate -> augment -> train -> evaluate -> register (-> deploy).
 
-Its parameters are the config sections, so the Prefect UI shows a form per section (model name, epochs,
-batch size, learning rate, workers, mixed precision, ...). Sections left empty come from params.yaml.
+Its parameters are a recipe name and the config sections, so the Prefect UI shows a recipe picker and a form
+per section (the model family's own fields, epochs, batch size, learning rate, workers, mixed precision, ...).
+A recipe is applied over params.yaml; sections left empty come from them.
 """
 
 # No `from __future__ import annotations`: Prefect validates run parameters against these annotations at
 # runtime, and string annotations of the config models cannot be resolved there.
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
 from modelyard.config import AugmentConfig, DataConfig, ModelConfig, RegistryConfig, TrainConfig, load_config
+from modelyard.recipes import RECIPE_NAMES
 from modelyard.runtime import configure_environment
 from tasks.stages import (
     augment_task,
@@ -26,6 +28,7 @@ from tasks.stages import (
 
 @flow(name="training-pipeline", description=__doc__)
 def training_pipeline(
+    recipe: Literal[RECIPE_NAMES] | None = None,  # type: ignore[valid-type]
     model: ModelConfig | None = None,
     train: TrainConfig | None = None,
     data: DataConfig | None = None,
@@ -36,7 +39,7 @@ def training_pipeline(
 ) -> dict[str, Any]:
     configure_environment()
     logging.getLogger("modelyard").setLevel(logging.INFO)  # its progress lines go to the flow run's log
-    cfg = load_config(params_path).with_overrides(
+    cfg = load_config(params_path, {"recipe": recipe}).with_overrides(
         {"model": model, "train": train, "data": data, "augment": augment, "registry": registry}
     )
     fetch_task(cfg)

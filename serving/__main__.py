@@ -15,7 +15,7 @@ def main() -> None:
     cfg = load_config(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
     from serving.deploy import deploy
 
-    print(json.dumps(deploy(cfg.serve, cfg.registry)))
+    print(json.dumps(deploy(cfg.serve, cfg.registry, model_name=cfg.model_name)))
 
 
 if __name__ == "__main__":

@@ -62,4 +62,4 @@ def register_task(cfg: PipelineConfig) -> dict[str, Any]:
 def deploy_task(cfg: PipelineConfig) -> dict[str, Any]:
     from serving.deploy import deploy
 
-    return deploy(cfg.serve, cfg.registry)
+    return deploy(cfg.serve, cfg.registry, model_name=cfg.model_name)

@@ -55,9 +55,9 @@ def test_sample() -> ImageSplit:
 
 @pytest.fixture(scope="session")
 def class_names() -> list[str]:
-    from modelyard.data.fetch import FASHION_MNIST
+    from modelyard.data.datasets import get_dataset
 
-    return list(FASHION_MNIST.classes)
+    return list(get_dataset("fashion_mnist").classes)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
     modelyard fetch | validate | augment | train | evaluate | register | pipeline
     modelyard train --set train.epochs=3 --set train.mixed_precision=none
+    modelyard pipeline --recipe fashion-transfer      (modelyard recipes | datasets | models list them)
 """
 
 from __future__ import annotations
@@ -21,27 +22,35 @@ log = logging.getLogger("modelyard")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameter file (DVC params).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="Override one parameter: section.key=value (repeatable).")]
+RecipeOpt = Annotated[str | None, typer.Option("--recipe", "-r", help="A named recipe (`modelyard recipes`).")]
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """["train.epochs=3", "data.sources=[debian]"] -> {"train": {"epochs": 3}, "data": {"sources": ["debian"]}}."""
+    """["train.epochs=3", "data.sources=[debian]", "recipe=fashion-mlp"]
+    -> {"train": {"epochs": 3}, "data": {"sources": ["debian"]}, "recipe": "fashion-mlp"}."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
+        if sep and key == "recipe":
+            out["recipe"] = raw.strip()
+            continue
         if not sep or "." not in key:
-            raise typer.BadParameter(f"expected section.key=value, got {item!r}", param_hint="--set")
+            raise typer.BadParameter(f"expected section.key=value or recipe=<name>, got {item!r}", param_hint="--set")
         section, _, name = key.partition(".")
         out.setdefault(section, {})[name] = yaml.safe_load(raw)  # YAML scalars: 3, 0.1, true, null, [a, b]
     return out
 
 
-def _config(params: Path, overrides: list[str] | None) -> PipelineConfig:
+def _config(params: Path, overrides: list[str] | None, recipe: str | None = None) -> PipelineConfig:
     from modelyard.runtime import configure_environment, configure_logging
 
     configure_environment()
     configure_logging()
+    parsed = parse_overrides(overrides)
+    if recipe:
+        parsed["recipe"] = recipe
     try:
-        return load_config(params, parse_overrides(overrides))
+        return load_config(params, parsed)
     except ConfigError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
@@ -112,11 +121,13 @@ def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> No
 
 
 @app.command()
-def pipeline(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def pipeline(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, recipe: RecipeOpt = None) -> None:
     """All stages in order, without Prefect (what `dvc repro` does, in one process)."""
     from modelyard import stages
 
-    cfg = _config(params, set_)
+    cfg = _config(params, set_, recipe)
+    log.info("pipeline: %s on %s -> registered as %s%s", cfg.model.name, cfg.data.dataset, cfg.model_name,
+             f" (recipe {cfg.recipe})" if cfg.recipe else "")
     for stage in (stages.fetch, stages.validate, stages.augment, stages.train, stages.evaluate, stages.register):
         log.info("stage %s", stage.__name__)
         stage(cfg)
@@ -136,9 +147,33 @@ def samples(
 
 
 @app.command("show-config")
-def show_config(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def show_config(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, recipe: RecipeOpt = None) -> None:
     """Print the resolved parameters."""
-    typer.echo(yaml.safe_dump(_config(params, set_).model_dump(mode="json", by_alias=True), sort_keys=False))
+    cfg = _config(params, set_, recipe)
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)
+               + f"# registered model name: {cfg.model_name}")
+
+
+@app.command()
+def recipes() -> None:
+    """List the named recipes (dataset + model + training settings)."""
+    from modelyard.recipes import RECIPES, recipe_overrides
+
+    for name, recipe in RECIPES.items():
+        sections = recipe_overrides(name)
+        typer.echo(f"{name:28} {sections['data']['dataset']:14} {sections['model']['name']:9} {recipe['description']}")
+
+
+@app.command()
+def datasets() -> None:
+    """List the registered datasets, their sources (tried in this order) and augmentation defaults."""
+    from modelyard.data.datasets import DATASET_NAMES, get_dataset
+
+    for name in DATASET_NAMES:
+        spec = get_dataset(name)
+        h, w, c = spec.image_shape
+        typer.echo(f"{name:14} {spec.modality} {h}x{w}x{c}, {len(spec.classes)} classes, sources "
+                   f"{' > '.join(spec.sources)}; augment {spec.augment}; {spec.description}")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from modelyard.models.cnn import CNNConfig
+from modelyard.models.mlp import MLPConfig
+from modelyard.models.resnet import ResNet18Config
+from modelyard.models.transfer import TransferConfig
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
@@ -24,18 +29,28 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Which dataset, where it lives, and where it may be fetched from."""
 
-    dataset: Literal["fashion_mnist"] = "fashion_mnist"
+    dataset: Literal["fashion_mnist", "cifar10"] = Field(
+        "fashion_mnist", description="A dataset of modelyard.data.datasets (`modelyard datasets` lists them)."
+    )
     data_dir: str = "data"
-    sources: list[Literal["canonical", "debian"]] = Field(default_factory=lambda: ["canonical", "debian"])
+    sources: list[Literal["canonical", "debian", "local"]] | None = Field(
+        None, description="Sources tried in order; null: the dataset's own order (canonical online source first)."
+    )
+    local_dir: str | None = Field(None, description="The user's copy of the raw files, for the `local` source.")
     train_limit: int | None = Field(default=None, gt=0, description="Keep only the first N training images.")
     test_limit: int | None = Field(default=None, gt=0, description="Keep only the first N test images.")
 
     @field_validator("sources")
     @classmethod
-    def _non_empty(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("data.sources must name at least one source")
+    def _non_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("data.sources must name at least one source (or be null for the dataset's own order)")
         return v
+
+    def resolved_sources(self) -> list[str]:
+        from modelyard.data.datasets import get_dataset
+
+        return list(self.sources) if self.sources else get_dataset(self.dataset).source_names()
 
     @property
     def dataset_dir(self) -> Path:
@@ -46,9 +61,9 @@ class ValidateConfig(_Section):
     """Bounds of the Great Expectations suite."""
 
     report_dir: str = "reports/validation"
-    min_class_fraction: float = Field(0.05, ge=0, le=1)
-    max_class_fraction: float = Field(0.20, ge=0, le=1)
-    max_train_test_overlap: float = Field(0.01, ge=0, le=1)
+    min_class_fraction: float | None = Field(None, ge=0, le=1, description="null: the dataset's own bound.")
+    max_class_fraction: float | None = Field(None, ge=0, le=1, description="null: the dataset's own bound.")
+    max_train_test_overlap: float | None = Field(None, ge=0, le=1, description="null: the dataset's own bound.")
 
 
 class AugmentConfig(_Section):
@@ -57,9 +72,9 @@ class AugmentConfig(_Section):
     prepared_dir: str = "data/prepared"
     val_fraction: float = Field(0.1, gt=0, lt=1)
     seed: int = 42
-    crop_padding: int = Field(2, ge=0, le=8)
-    hflip_prob: float = Field(0.5, ge=0, le=1)
-    erasing_prob: float = Field(0.25, ge=0, le=1)
+    crop_padding: int | None = Field(None, ge=0, le=16, description="Random-crop padding in pixels; null: the dataset's.")
+    hflip_prob: float | None = Field(None, ge=0, le=1, description="Horizontal-flip probability; null: the dataset's.")
+    erasing_prob: float | None = Field(None, ge=0, le=1, description="Random-erasing probability; null: the dataset's.")
     erasing_scale: tuple[float, float] = (0.02, 0.15)
     erasing_ratio: tuple[float, float] = (0.3, 3.3)
 
@@ -71,12 +86,10 @@ class AugmentConfig(_Section):
         return v
 
 
-class ModelConfig(_Section):
-    """The architecture: a name in the model registry and its size knobs."""
-
-    name: Literal["cnn", "mlp"] = "cnn"
-    width: int = Field(32, ge=4, le=1024, description="Channels of the first block (CNN) or hidden units (MLP).")
-    dropout: float = Field(0.1, ge=0, lt=1)
+# One typed config per model family, chosen by `model.name`; each family's fields live in its own module.
+ModelConfig = Annotated[
+    CNNConfig | MLPConfig | ResNet18Config | TransferConfig, Field(discriminator="name")
+]
 
 
 class TrainConfig(_Section):
@@ -85,11 +98,19 @@ class TrainConfig(_Section):
     output_dir: str = "artifacts/train"
     epochs: int = Field(8, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, description="Global batch size, split evenly across workers.")
-    learning_rate: float = Field(0.1, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    optimizer: Literal["sgd", "adamw"] = Field(
+        "sgd", description="sgd: Nesterov SGD (CNNs from scratch); adamw: AdamW (fine-tuning)."
+    )
+    learning_rate: float = Field(0.1, gt=0, description="Peak learning rate (of the head, where groups differ).")
+    weight_decay: float = Field(5e-4, ge=0, description="Not applied to biases and normalisation weights.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only).")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning rate after the warm-up: cosine or linear decay to zero, or constant."
+    )
+    warmup_epochs: float = Field(1, ge=0, description="Linear warm-up from zero, in epochs (fractions allowed).")
+    grad_clip_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm; null: no clipping.")
+    grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimiser step.")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    warmup_epochs: int = Field(1, ge=0)
     num_workers: int | Literal["auto"] = Field(
         "auto",
         description="Ray Train workers. auto: one per GPU on GPU clusters; on CPUs one per node, each using "
@@ -143,7 +164,10 @@ class RegistryConfig(_Section):
 
     tracking_uri: str | None = None
     experiment: str = "modelyard"
-    model_name: str = Field("fashion-mnist-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model_name: str = Field(
+        "auto", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="auto: <dataset>-<model>, e.g. fashion-mnist-cnn, so only models of one task compete.",
+    )
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
 
@@ -175,16 +199,26 @@ class ServeConfig(_Section):
 class PipelineConfig(_Section):
     """Everything one pipeline run needs."""
 
+    recipe: str | None = Field(None, description="The named recipe the run started from (see modelyard.recipes).")
     data: DataConfig = Field(default_factory=DataConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=CNNConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, v: str | None) -> str | None:
+        from modelyard.recipes import recipe_overrides
+
+        if v is not None:
+            recipe_overrides(v)  # raises naming the recipes there are
+        return v
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> PipelineConfig:
         """A copy with `{"train": {"epochs": 3}, ...}` merged in, validated again."""
@@ -193,12 +227,20 @@ class PipelineConfig(_Section):
         merged = _deep_merge(self.model_dump(by_alias=True), overrides)
         return PipelineConfig.model_validate(merged)
 
+    @property
+    def model_name(self) -> str:
+        """The registered model's name: `registry.model_name`, or for auto `<dataset>-<model>`."""
+        if self.registry.model_name != "auto":
+            return self.registry.model_name
+        return f"{self.data.dataset.replace('_', '-')}-{self.model.task_name()}"
+
     def flat(self) -> dict[str, Any]:
         """`{"train.epochs": 8, ...}`, the shape MLflow params take."""
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"recipe": self.recipe}
         for section, values in self.model_dump(by_alias=True).items():
-            for key, value in values.items():
-                out[f"{section}.{key}"] = value
+            if isinstance(values, dict):
+                for key, value in values.items():
+                    out[f"{section}.{key}"] = value
         return out
 
 
@@ -211,7 +253,10 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any], *, top: bool = True
             continue
         if isinstance(value, BaseModel):
             value = value.model_dump(by_alias=True)
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if top and key == "model" and isinstance(value, dict) and isinstance(out.get(key), dict) \
+                and value.get("name", out[key].get("name")) != out[key].get("name"):
+            out[key] = value  # another family: its own fields, none of the old family's
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value, top=False)
         else:
             out[key] = value
@@ -233,7 +278,23 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_PARAMS_PATH, overrides: d
         raise ConfigError(f"parameter file {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"parameter file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    return build_config(raw, overrides, where=str(path))
+
+
+def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, *, where: str = "parameters") -> PipelineConfig:
+    """params (a mapping of sections), then the recipe they or the overrides name, then the overrides.
+
+    A recipe is applied over the parameter file, so `-S recipe=fashion-mlp` (or `dvc exp run -S recipe=...`,
+    or the Prefect form's recipe field) gives the recipe's dataset, model and settings; overrides given with
+    it still win.
+    """
+    from modelyard.recipes import recipe_overrides
+
+    overrides = dict(overrides or {})
+    recipe = overrides.pop("recipe", None) or raw.get("recipe")
     try:
+        if recipe:
+            raw = _deep_merge(raw, recipe_overrides(recipe)) | {"recipe": recipe}
         return PipelineConfig.model_validate(raw).with_overrides(overrides)
     except ValueError as exc:
-        raise ConfigError(f"invalid parameters in {path}: {exc}") from exc
+        raise ConfigError(f"invalid parameters in {where}: {exc}") from exc

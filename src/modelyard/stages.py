@@ -55,7 +55,8 @@ def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = 
     if tracking_uri:
         run_id = registry.start_run(
             tracking_uri, cfg.registry.experiment, params=cfg.flat(),
-            tags={"modelyard.stage": "train", "modelyard.model": cfg.model.name, "modelyard.dataset": cfg.data.dataset},
+            tags={"modelyard.stage": "train", "modelyard.model": cfg.model.name, "modelyard.dataset": cfg.data.dataset,
+                  "modelyard.recipe": cfg.recipe or "", "modelyard.task": cfg.model_name},
         )
         log.info("MLflow run %s at %s", run_id, tracking_uri)
     try:
@@ -149,12 +150,12 @@ def _register(cfg: PipelineConfig) -> dict[str, Any]:
 
     test = load_split(cfg.data.dataset_dir, "test")
     version = registry.log_model(
-        tracking_uri, run_id, train_dir / "model", cfg.registry.model_name,
-        input_example=np.ascontiguousarray(test.images[:2]), pip_requirements=_pip_requirements(),
+        tracking_uri, run_id, train_dir / "model", cfg.model_name,
+        input_example=np.ascontiguousarray(test.images[:2]), pip_requirements=_pip_requirements(cfg.model.name),
     )
-    registry.set_version_tags(tracking_uri, cfg.registry.model_name, version, lineage)
+    registry.set_version_tags(tracking_uri, cfg.model_name, version, lineage)
     decision = registry.promote_if_better(
-        tracking_uri, cfg.registry.model_name, version,
+        tracking_uri, cfg.model_name, version,
         metric="test.accuracy", value=float(evaluation["accuracy"]), test_set_hash=evaluation["test_set_sha256"],
         champion_alias=cfg.registry.champion_alias, challenger_alias=cfg.registry.challenger_alias,
         score_champion=lambda model_dir: score_model_dir(model_dir, cfg.data.dataset_dir)["accuracy"],
@@ -163,12 +164,12 @@ def _register(cfg: PipelineConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     report = (eval_dir / "report.md").read_text() + "\n" + decision.to_markdown()
     (out / "report.md").write_text(report)
-    summary = {"run_id": run_id, "tracking_uri": tracking_uri, "model_uri": f"models:/{cfg.registry.model_name}/{version}",
+    summary = {"run_id": run_id, "tracking_uri": tracking_uri, "model_uri": f"models:/{cfg.model_name}/{version}",
                **decision.to_dict()}
     (out / "registration.json").write_text(json.dumps(summary, indent=2) + "\n")
     registry.log_artifacts(tracking_uri, run_id, out / "report.md")
     registry.end_run(tracking_uri, run_id)
-    log.info("registered %s v%s -> @%s: %s", cfg.registry.model_name, version, decision.alias, decision.reason)
+    log.info("registered %s v%s -> @%s: %s", cfg.model_name, version, decision.alias, decision.reason)
     return summary | {"report": report}
 
 
@@ -179,10 +180,12 @@ def _read_json(path: Path, hint: str) -> dict[str, Any]:
 
 
 # What the registered model imports when loaded (modelyard's own code travels with it; see registry.log_model).
-MODEL_RUNTIME_PACKAGES = ("torch", "numpy", "pandas", "pillow", "pydantic", "pyyaml", "mlflow")
+MODEL_RUNTIME_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pillow", "pydantic", "pyyaml", "mlflow")
+# and what a family needs beside them
+FAMILY_PACKAGES = {"transfer": ("timm",)}
 
 
-def _pip_requirements() -> list[str]:
+def _pip_requirements(family: str = "") -> list[str]:
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in MODEL_RUNTIME_PACKAGES]
+    return [f"{pkg}=={version(pkg)}" for pkg in (*MODEL_RUNTIME_PACKAGES, *FAMILY_PACKAGES.get(family, ()))]

@@ -9,6 +9,7 @@ import pytest
 
 from modelyard.config import ValidateConfig
 from modelyard.data.dataset import ImageSplit, load_split, read_metadata, write_dataset
+from modelyard.data.datasets import get_dataset
 from modelyard.data.validate import DataValidationError, validate_dataset, validate_splits
 
 
@@ -18,7 +19,7 @@ def real_splits(small_dataset_dir):
 
 
 def check(splits, **cfg):
-    return validate_splits(splits, ValidateConfig(**cfg), dataset="fashion_mnist", num_classes=10, image_shape=(28, 28))
+    return validate_splits(splits, ValidateConfig(**cfg), get_dataset("fashion_mnist"))
 
 
 def failures(report):

@@ -99,7 +99,7 @@ def test_mlflow_run_has_params_metrics_artifacts_and_lineage(pipeline_run):
     assert {"evaluation", "tensorboard", "validation", "report.md"} <= top
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in evaluation
-    mv = client.get_model_version_by_alias(cfg.registry.model_name, "champion")
+    mv = client.get_model_version_by_alias(cfg.model_name, "champion")
     assert str(mv.version) == result["registry"]["version"]
 
 
@@ -115,7 +115,7 @@ def test_champion_loads_as_an_mlflow_pyfunc(pipeline_run, test_sample, class_nam
     cfg, _, _ = pipeline_run
     mlflow.set_registry_uri(cfg.registry.resolved_tracking_uri())
     mlflow.set_tracking_uri(cfg.registry.resolved_tracking_uri())
-    model = mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@champion")
     out = model.predict(test_sample.images[:200])
     assert len(out) == 200 and set(out["label"]) <= set(class_names)
     expected = offline_predictor(cfg).predict_proba(test_sample.images[:200]).argmax(axis=1)
@@ -136,7 +136,7 @@ def test_served_model_classifies_real_images(pipeline_run, image_bytes, class_na
         assert set(body) == {"label", "index", "scores", "model"}
         assert body["label"] == class_names[body["index"]]
         assert sum(body["scores"].values()) == pytest.approx(1.0, abs=1e-3)
-        assert body["model"] == {"name": cfg.registry.model_name, "version": result["registry"]["version"]}
+        assert body["model"] == {"name": cfg.model_name, "version": result["registry"]["version"]}
         answers[stem] = body["label"]
         # Same bytes through the offline Predictor: the endpoint adds no preprocessing drift.
         offline = predictor.predict(decode_image(data, predictor.spec)[None])[0]
@@ -155,7 +155,7 @@ def _slug(label: str) -> str:
 def test_health_and_model_endpoints(pipeline_run):
     cfg, _, result = pipeline_run
     health = requests.get(url(cfg, "/health"), timeout=10).json()
-    assert health == {"status": "ok", "model": {"name": cfg.registry.model_name, "version": result["registry"]["version"]}}
+    assert health == {"status": "ok", "model": {"name": cfg.model_name, "version": result["registry"]["version"]}}
     info = requests.get(url(cfg, "/model"), timeout=10).json()
     assert info["version"] == result["registry"]["version"] and info["run_id"] == result["registry"]["run_id"]
     assert info["test_metrics"]["accuracy"] == pytest.approx(result["test"]["accuracy"])
@@ -224,9 +224,9 @@ def test_a_new_champion_is_rolled_in_while_requests_keep_succeeding(pipeline_run
     uri = cfg.registry.resolved_tracking_uri()
     old_version = result["registry"]["version"]
     run_id = registry.start_run(uri, cfg.registry.experiment, params={"note": "retrained"})
-    new_version = registry.log_model(uri, run_id, Path(cfg.train.output_dir) / "model", cfg.registry.model_name,
+    new_version = registry.log_model(uri, run_id, Path(cfg.train.output_dir) / "model", cfg.model_name,
                                      input_example=np.ascontiguousarray(test_sample.images[:2]), pip_requirements=["torch"])
-    registry.set_alias(uri, cfg.registry.model_name, "champion", new_version)
+    registry.set_alias(uri, cfg.model_name, "champion", new_version)
 
     statuses, versions, stop = [], set(), threading.Event()
 
@@ -240,7 +240,7 @@ def test_a_new_champion_is_rolled_in_while_requests_keep_succeeding(pipeline_run
     thread = threading.Thread(target=traffic)
     thread.start()
     try:
-        served = deploy(cfg.serve, cfg.registry, tracking_uri=uri)
+        served = deploy(cfg.serve, cfg.registry, model_name=cfg.model_name, tracking_uri=uri)
     finally:
         stop.set()
         thread.join()

@@ -9,28 +9,30 @@ import torch
 from modelyard import registry
 from modelyard.data.augment import AugmentPolicy
 from modelyard.data.dataset import load_split
+from modelyard.data.preprocess import ImagePreprocessor
 from modelyard.evaluation.evaluate import score_model_dir
 from modelyard.models.artifact import ModelSpec, save_model_dir
 from modelyard.training import loop
 
 pytestmark = pytest.mark.integration
 
+GRAY_28 = ImagePreprocessor((28, 28, 1), (28, 28, 1), (0.286,), (0.353,))
+
 
 def make_model(tmp_path, name, dataset_dir, class_names, *, train_epochs: int):
     """An MLP trained for `train_epochs` epochs with the plain loop (0 = untrained)."""
     torch.manual_seed(0)
-    spec = ModelSpec(family="mlp", args={"width": 64, "dropout": 0.0}, labels=class_names,
-                     input={"kind": "image", "channels": 1, "height": 28, "width": 28, "dtype": "uint8"},
-                     normalization={"mean": 0.286, "std": 0.353})
+    spec = ModelSpec(family="mlp", args={"hidden": 64, "dropout": 0.0}, labels=class_names,
+                     preprocessing=GRAY_28.to_dict())
     model = spec.build()
     train = load_split(dataset_dir, "train")
     images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
     precision = loop.Precision(device=torch.device("cpu"))
     opt = loop.build_optimizer(model, 0.05, 0.9, 0.0)
+    batches = loop.ImageBatches(images, labels, GRAY_28, AugmentPolicy(crop_padding=0, hflip_prob=0, erasing_prob=0))
     for epoch in range(train_epochs):
-        loop.train_epoch(model, images, labels, torch.arange(len(labels)), batch_size=64, optimizer=opt, scheduler=None,
-                         precision=precision, policy=AugmentPolicy(crop_padding=0, hflip_prob=0, erasing_prob=0),
-                         mean=0.286, std=0.353, gen=torch.Generator().manual_seed(epoch))
+        loop.train_epoch(model, batches.train(torch.arange(len(labels)), 64, torch.Generator().manual_seed(epoch)),
+                         optimizer=opt, scheduler=None, precision=precision)
     return save_model_dir(model.eval(), spec, tmp_path / name)
 
 
@@ -97,6 +99,7 @@ sys.path_importer_cache.clear()
 assert importlib.util.find_spec("modelyard") is None, "the project is still importable"
 import numpy as np
 import mlflow.pyfunc
+from modelyard.data.preprocess import ImagePreprocessor
 mlflow.set_tracking_uri(sys.argv[2]); mlflow.set_registry_uri(sys.argv[2])
 model = mlflow.pyfunc.load_model(sys.argv[3])
 out = model.predict(np.load(sys.argv[4]))

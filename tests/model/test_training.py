@@ -54,7 +54,7 @@ def test_run_leaves_checkpoints_tensorboard_and_a_self_describing_model(trained)
     out = Path(cfg.train.output_dir)
     spec = json.loads((out / "model" / "model.json").read_text())
     assert spec["family"] == "cnn" and spec["labels"][6] == "Shirt"
-    assert 0.2 < spec["normalization"]["mean"] < 0.4
+    assert 0.2 < spec["preprocessing"]["mean"][0] < 0.4 and spec["preprocessing"]["input_shape"] == [28, 28, 1]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     checkpoints = [p for p in (out.parent / "ray").glob("train-*/checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 2  # one per epoch, the newest two kept

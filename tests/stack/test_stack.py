@@ -114,7 +114,7 @@ def test_the_deployment_run_from_the_api_trains_registers_and_serves(stack, imag
     # The registry is the stack's MLflow server, and the champion is what is being served.
     mlflow_api = f"http://127.0.0.1:{stack.ports['MLFLOW_PORT']}/api/2.0/mlflow"
     champion = requests.get(f"{mlflow_api}/registered-models/alias",
-                            params={"name": stack.cfg.registry.model_name, "alias": "champion"}, timeout=10)
+                            params={"name": stack.cfg.model_name, "alias": "champion"}, timeout=10)
     assert champion.ok, champion.text
     version = champion.json()["model_version"]["version"]
     run = requests.get(f"{mlflow_api}/runs/get", params={"run_id": champion.json()["model_version"]["run_id"]},
@@ -127,7 +127,7 @@ def test_the_deployment_run_from_the_api_trains_registers_and_serves(stack, imag
                              timeout=30)
         assert resp.status_code == 200, resp.text
         body = resp.json()
-        assert body["model"] == {"name": stack.cfg.registry.model_name, "version": version}
+        assert body["model"] == {"name": stack.cfg.model_name, "version": version}
         assert body["label"] == class_names[body["index"]]
         correct += body["label"].lower().replace("/", "-").replace(" ", "-") == stem
     assert correct >= 4, f"{correct}/10 real test images right after two epochs on 4,000 images"

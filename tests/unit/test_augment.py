@@ -4,14 +4,15 @@ import torch
 
 from modelyard.data.augment import (
     AugmentPolicy,
-    augment_batch,
     fit_normalization,
-    normalize,
     random_crop,
     random_erasing,
     random_hflip,
     stratified_split,
 )
+from modelyard.data.preprocess import ImagePreprocessor
+
+GRAY = ImagePreprocessor((28, 28, 1), (28, 28, 1), (0.286,), (0.353,))
 
 
 @pytest.fixture
@@ -57,16 +58,16 @@ def test_erasing_zeroes_one_rectangle_within_the_scale_bounds(batch):
 def test_augmentation_is_reproducible_from_the_seed(test_sample):
     images = torch.from_numpy(test_sample.images[:32])
     policy = AugmentPolicy()
-    a = augment_batch(images, policy, gen(7), 0.286, 0.353)
-    b = augment_batch(images, policy, gen(7), 0.286, 0.353)
-    c = augment_batch(images, policy, gen(8), 0.286, 0.353)
+    a = GRAY.train_batch(images, policy, gen(7))
+    b = GRAY.train_batch(images, policy, gen(7))
+    c = GRAY.train_batch(images, policy, gen(8))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert a.shape == (32, 1, 28, 28) and a.dtype == torch.float32
 
 
 def test_normalize_uses_the_given_statistics(test_sample):
-    x = normalize(torch.from_numpy(test_sample.images), 0.5, 0.25)
+    x = ImagePreprocessor((28, 28, 1), (28, 28, 1), (0.5,), (0.25,))(torch.from_numpy(test_sample.images))
     expected = (test_sample.images.astype(np.float32) / 255 - 0.5) / 0.25
     np.testing.assert_allclose(x.squeeze(1).numpy(), expected, rtol=1e-6)
 
@@ -83,4 +84,27 @@ def test_stratified_split_is_disjoint_balanced_and_seeded(test_sample):
 
 def test_fit_normalization_on_real_images(test_sample):
     mean, std = fit_normalization(test_sample.images)
-    assert 0.2 < mean < 0.4 and 0.3 < std < 0.4  # Fashion-MNIST: mean ~0.286, std ~0.353
+    assert len(mean) == len(std) == 1
+    assert 0.2 < mean[0] < 0.4 and 0.3 < std[0] < 0.4  # Fashion-MNIST: mean ~0.286, std ~0.353
+    exact = test_sample.images.astype(np.float64) / 255
+    assert mean[0] == pytest.approx(exact.mean()) and std[0] == pytest.approx(exact.std())
+
+
+def test_fit_normalization_is_per_channel(test_sample):
+    # Real images put in different channels at different brightness: each channel gets its own statistics.
+    gray = test_sample.images[:100]
+    rgb = np.stack([gray, gray // 2, 255 - gray], axis=-1)  # (N, 28, 28, 3)
+    mean, std = fit_normalization(rgb)
+    single, _ = fit_normalization(gray)
+    assert len(mean) == 3 and mean[0] == pytest.approx(single[0])
+    assert mean[1] == pytest.approx((gray // 2).astype(np.float64).mean() / 255)
+    assert mean[2] == pytest.approx(1 - single[0], abs=1e-9)
+
+
+def test_the_datasets_policy_fills_what_the_run_leaves_null():
+    from modelyard.config import AugmentConfig
+
+    assert AugmentPolicy.from_config(AugmentConfig(), "fashion_mnist") == AugmentPolicy(2, 0.5, 0.25)
+    assert AugmentPolicy.from_config(AugmentConfig(), "cifar10") == AugmentPolicy(4, 0.5, 0.0)
+    off = AugmentPolicy.from_config(AugmentConfig(crop_padding=0, hflip_prob=0, erasing_prob=0), "cifar10")
+    assert off.is_identity and not AugmentPolicy().is_identity

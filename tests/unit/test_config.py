@@ -13,7 +13,7 @@ def test_params_yaml_loads_and_matches_the_documented_defaults():
     assert cfg.data.dataset == "fashion_mnist"
     assert cfg.model.name == "cnn"
     assert cfg.train.num_workers == "auto" and cfg.train.mixed_precision == "auto"
-    assert cfg.registry.model_name == "fashion-mnist-cnn"
+    assert cfg.model_name == "fashion-mnist-cnn"
     assert cfg.serve.host == "127.0.0.1"
 
 

@@ -5,7 +5,9 @@ import pytest
 
 from modelyard.config import DataConfig
 from modelyard.data.dataset import DatasetError, load_split, read_metadata
-from modelyard.data.fetch import FASHION_MNIST, FetchError, _ensure_raw_files, fetch_dataset, read_idx
+from modelyard.data.datasets import SourceContext, get_dataset
+from modelyard.data.datasets.fashion_mnist import read_idx
+from modelyard.data.fetch import FetchError, _ensure_raw, fetch_dataset
 
 
 def test_fetch_produces_the_documented_format(fashion_mnist_dir):
@@ -51,8 +53,14 @@ def test_read_idx_rejects_truncated_and_foreign_files(fashion_mnist_dir, tmp_pat
 def test_no_working_source_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get, no dpkg
     with pytest.raises(FetchError, match="could not fetch fashion_mnist from any source.*apt-get"):
-        _ensure_raw_files(FASHION_MNIST, tmp_path / "raw", ["debian"], timeout_s=1)
-    assert not (tmp_path / "raw").exists()  # nothing half-written
+        _ensure_raw(get_dataset("fashion_mnist"), tmp_path / "raw" / "fashion_mnist", ["debian"], SourceContext(1))
+    assert not (tmp_path / "raw" / "fashion_mnist").exists()  # nothing half-written
+    assert list((tmp_path / "raw").iterdir()) == []  # no staging directory left behind
+
+
+def test_a_source_the_dataset_does_not_have_is_named(tmp_path):
+    with pytest.raises(FetchError, match="cifar10 has no source 'debian'; its sources are canonical, local"):
+        fetch_dataset(DataConfig(dataset="cifar10", data_dir=str(tmp_path), sources=["debian"]))
 
 
 def test_missing_dataset_says_to_fetch(tmp_path):

@@ -5,15 +5,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from modelyard.data.preprocess import ImagePreprocessor
 from modelyard.inference import InvalidInputError, Predictor, decode_image
 from modelyard.models.artifact import ModelSpec, save_model_dir
+
+GRAY_28 = ImagePreprocessor((28, 28, 1), (28, 28, 1), (0.286,), (0.353,))
 
 
 @pytest.fixture
 def spec(class_names):
     return ModelSpec(family="cnn", args={"width": 8, "dropout": 0.0}, labels=class_names,
-                     input={"kind": "image", "channels": 1, "height": 28, "width": 28, "dtype": "uint8"},
-                     normalization={"mean": 0.286, "std": 0.353})
+                     preprocessing=GRAY_28.to_dict())
 
 
 def png(array: np.ndarray, mode: str = "L") -> bytes:

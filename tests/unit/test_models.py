@@ -1,18 +1,32 @@
 import pytest
 import torch
 
+from modelyard.config import PipelineConfig
+from modelyard.data.preprocess import ImagePreprocessor
 from modelyard.models import available_models, build_model
 from modelyard.models.artifact import ModelSpec, load_model_dir, read_spec, save_model_dir
 
+GRAY_28 = ImagePreprocessor((28, 28, 1), (28, 28, 1), (0.286,), (0.353,))
 
-@pytest.mark.parametrize("name", ["cnn", "mlp"])
-def test_registered_families_map_images_to_logits(name):
-    model = build_model(name, in_channels=1, num_classes=10, width=16, dropout=0.0).eval()
-    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+@pytest.mark.parametrize(("family", "shape"), [
+    ({"name": "cnn", "width": 16}, (28, 28, 1)),
+    ({"name": "mlp", "hidden": 32}, (28, 28, 1)),
+    ({"name": "resnet18"}, (32, 32, 3)),
+    ({"name": "transfer", "weights": "none", "image_size": 64}, (64, 64, 3)),
+    ({"name": "transfer", "backbone": "resnet50", "weights": "none", "image_size": 64}, (64, 64, 3)),
+])
+def test_every_family_maps_its_input_to_logits(family, shape):
+    cfg = PipelineConfig(model=family).model
+    assert cfg.input_shape(shape) == shape
+    model = build_model(cfg.name, **cfg.builder_args(shape, 7)).eval()
+    h, w, c = shape
+    with torch.no_grad():
+        assert model(torch.zeros(2, c, h, w)).shape == (2, 7)
 
 
 def test_registry_lists_families_and_names_unknown_ones():
-    assert {"cnn", "mlp"} <= set(available_models())
+    assert {"cnn", "mlp", "resnet18", "transfer"} <= set(available_models())
     with pytest.raises(ValueError, match="unknown model 'resnet9000'.*cnn"):
         build_model("resnet9000")
 
@@ -25,8 +39,7 @@ def test_cnn_width_scales_parameters():
 
 def test_saved_model_rebuilds_without_training_code(tmp_path, class_names):
     spec = ModelSpec(family="cnn", args={"in_channels": 1, "num_classes": 10, "width": 8, "dropout": 0.0},
-                     labels=class_names, input={"kind": "image", "channels": 1, "height": 28, "width": 28, "dtype": "uint8"},
-                     normalization={"mean": 0.286, "std": 0.353})
+                     labels=class_names, preprocessing=GRAY_28.to_dict())
     torch.manual_seed(0)
     model = spec.build().eval()
     save_model_dir(model, spec, tmp_path / "m")

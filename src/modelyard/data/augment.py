@@ -1,8 +1,10 @@
-"""The augment stage: a seeded train/val split, normalisation statistics, and the augmentation policy.
+"""The augment stage: a seeded train/val split, per-channel normalisation statistics, and the policy.
 
-The split and statistics are fitted once here and written to `<prepared_dir>/<dataset>/prepared.json`
-(plus the split indices); the policy is applied on the fly, a batch at a time, on the training device
-(see `augment_batch`), because a per-sample DataLoader is the bottleneck for datasets this small.
+The split and statistics are fitted once here, on the training rows only, and written to
+`<prepared_dir>/<dataset>/prepared.json` (plus the split indices). The policy (the dataset's own, unless
+the run overrides it) is applied on the fly, a batch at a time, on the training device by the model's
+preprocessor (`modelyard.data.preprocess`), because a per-sample DataLoader is the bottleneck for datasets
+this small.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 
 from modelyard.config import AugmentConfig
 from modelyard.data.dataset import DatasetError, load_split, read_metadata
+from modelyard.data.datasets import get_dataset
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +36,17 @@ class AugmentPolicy:
     erasing_ratio: tuple[float, float] = (0.3, 3.3)
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig) -> AugmentPolicy:
-        return cls(
-            crop_padding=cfg.crop_padding,
-            hflip_prob=cfg.hflip_prob,
-            erasing_prob=cfg.erasing_prob,
-            erasing_scale=tuple(cfg.erasing_scale),
-            erasing_ratio=tuple(cfg.erasing_ratio),
-        )
+    def from_config(cls, cfg: AugmentConfig, dataset: str) -> AugmentPolicy:
+        """The run's policy: each setting left null comes from the dataset's own defaults."""
+        defaults = get_dataset(dataset).augment
+        pick = {k: getattr(cfg, k) if getattr(cfg, k) is not None else defaults.get(k, getattr(cls, k))
+                for k in ("crop_padding", "hflip_prob", "erasing_prob")}
+        return cls(**pick, erasing_scale=tuple(cfg.erasing_scale), erasing_ratio=tuple(cfg.erasing_ratio))
+
+    @property
+    def is_identity(self) -> bool:
+        """Nothing is augmented: a frozen backbone's features can then be computed once."""
+        return self.crop_padding == 0 and self.hflip_prob == 0 and self.erasing_prob == 0
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,8 @@ class Prepared:
     dataset: str
     train_indices: np.ndarray
     val_indices: np.ndarray
-    mean: float
-    std: float
+    mean: list[float]  # per channel, of pixels in [0, 1]
+    std: list[float]
     policy: AugmentPolicy
     seed: int
 
@@ -63,6 +69,7 @@ def prepare_splits(dataset_dir: str | os.PathLike[str], cfg: AugmentConfig) -> P
     train = load_split(dataset_dir, "train")
     train_idx, val_idx = stratified_split(train.labels, cfg.val_fraction, cfg.seed)
     mean, std = fit_normalization(train.images[train_idx])
+    policy = AugmentPolicy.from_config(cfg, meta["name"])
     out_dir = Path(cfg.prepared_dir) / meta["name"]
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(out_dir / "split.npz", train=train_idx, val=val_idx)
@@ -73,10 +80,11 @@ def prepare_splits(dataset_dir: str | os.PathLike[str], cfg: AugmentConfig) -> P
         "val_fraction": cfg.val_fraction,
         "counts": {"train": int(len(train_idx)), "val": int(len(val_idx))},
         "normalization": {"mean": mean, "std": std},
-        "policy": asdict(AugmentPolicy.from_config(cfg)),
+        "policy": asdict(policy),
     }
     (out_dir / "prepared.json").write_text(json.dumps(doc, indent=2) + "\n")
-    log.info("split %s: %d train / %d val; mean=%.4f std=%.4f", meta["name"], len(train_idx), len(val_idx), mean, std)
+    log.info("split %s: %d train / %d val; mean=%s std=%s; policy %s", meta["name"], len(train_idx), len(val_idx),
+             [round(m, 4) for m in mean], [round(s, 4) for s in std], policy)
     return out_dir
 
 
@@ -108,8 +116,8 @@ def load_prepared(prepared_dir: str | os.PathLike[str]) -> Prepared:
         dataset=doc["dataset"],
         train_indices=train_idx,
         val_indices=val_idx,
-        mean=doc["normalization"]["mean"],
-        std=doc["normalization"]["std"],
+        mean=_per_channel(doc["normalization"]["mean"]),
+        std=_per_channel(doc["normalization"]["std"]),
         policy=AugmentPolicy(
             crop_padding=policy["crop_padding"],
             hflip_prob=policy["hflip_prob"],
@@ -119,6 +127,10 @@ def load_prepared(prepared_dir: str | os.PathLike[str]) -> Prepared:
         ),
         seed=doc["seed"],
     )
+
+
+def _per_channel(value: float | list[float]) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, list) else [float(value)]
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,10 +146,18 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
 
 
-def fit_normalization(images: np.ndarray) -> tuple[float, float]:
-    """Mean and std of pixels scaled to [0, 1] (one channel)."""
-    x = images.astype(np.float64) / 255.0
-    return float(x.mean()), float(x.std())
+def fit_normalization(images: np.ndarray, chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Mean and std per channel of pixels scaled to [0, 1] (uint8 (N, H, W) gray or (N, H, W, C))."""
+    c = 1 if images.ndim == 3 else int(images.shape[-1])
+    total, total_sq, count = np.zeros(c), np.zeros(c), 0
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].reshape(-1, c).astype(np.float64) / 255.0
+        total += x.sum(0)
+        total_sq += (x * x).sum(0)
+        count += x.shape[0]
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean**2, 0.0))
+    return [float(m) for m in mean], [float(s) for s in std]
 
 
 # ---- batch augmentation on the training device: pure functions of (batch, generator) -----------------
@@ -181,31 +201,3 @@ def random_erasing(
     chosen = torch.rand(b, generator=gen, device=dev) < prob
     mask = in_rows[:, :, None] & in_cols[:, None, :] & chosen[:, None, None]  # (B, H, W)
     return x.masked_fill(mask[:, None], 0.0)
-
-
-def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W) or (B, C, H, W) -> float in [0, 1], (B, C, H, W)."""
-    x = images_u8.float().div_(255.0)
-    return x.unsqueeze(1) if x.dim() == 3 else x
-
-
-def normalize(images_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 images -> standardised float (B, C, H, W): what the model sees at eval and serving time."""
-    return (to_unit(images_u8) - mean) / std
-
-
-def augment_batch(
-    images_u8: torch.Tensor, policy: AugmentPolicy, gen: torch.Generator, mean: float, std: float
-) -> torch.Tensor:
-    """uint8 batch -> augmented, standardised float batch.
-
-    Crop and flip work on [0, 1] pixels so padding is black like the background; erasing comes after
-    standardisation so erased pixels sit at the dataset mean (0), as torchvision's RandomErasing does.
-    """
-    x = to_unit(images_u8)
-    x = random_crop(x, policy.crop_padding, gen)
-    x = random_hflip(x, policy.hflip_prob, gen)
-    x = (x - mean) / std
-    if policy.erasing_prob > 0:
-        x = random_erasing(x, policy.erasing_prob, policy.erasing_scale, policy.erasing_ratio, gen)
-    return x

@@ -2,7 +2,7 @@
 
     <data_dir>/<dataset>/
         dataset.json   name, class names, image shape, source, and per split: count + sha256 of its arrays
-        train.npz      images: uint8 (N, H, W)   labels: int64 (N,)
+        train.npz      images: uint8 (N, H, W) gray or (N, H, W, C) colour   labels: int64 (N,)
         test.npz       same layout
 
 Loading does not check the contents: that is the validate stage's job, so a broken copy loads and is
@@ -32,7 +32,7 @@ class DatasetError(RuntimeError):
 
 @dataclass(frozen=True)
 class ImageSplit:
-    images: np.ndarray  # (N, H, W)
+    images: np.ndarray  # (N, H, W) gray or (N, H, W, C)
     labels: np.ndarray  # (N,)
 
     def __len__(self) -> int:

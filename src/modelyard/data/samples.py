@@ -28,6 +28,6 @@ def export_samples(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLi
         if len(hits) == 0:
             continue
         path = out / f"{slug(label)}.png"
-        Image.fromarray(data.images[hits[0]], mode="L").save(path)
+        Image.fromarray(data.images[hits[0]]).save(path)  # gray (H, W) or RGB (H, W, 3)
         written.append(path)
     return written

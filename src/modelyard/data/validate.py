@@ -19,7 +19,7 @@ import pandas as pd
 
 from modelyard.config import ValidateConfig
 from modelyard.data.dataset import ImageSplit, load_split, read_metadata
-from modelyard.data.fetch import SPECS
+from modelyard.data.datasets import DatasetSpec, get_dataset
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ def build_tables(splits: dict[str, ImageSplit], num_classes: int) -> dict[str, p
                     "ndim": images.ndim,
                     "height": images.shape[1] if images.ndim > 1 else 0,
                     "width": images.shape[2] if images.ndim > 2 else 0,
+                    "channels": (images.shape[3] if images.ndim > 3 else 1) if images.ndim > 2 else 0,
                     "dtype": str(images.dtype),
                     "pixel_min": pix_min,
                     "pixel_max": pix_max,
@@ -168,12 +169,23 @@ def _overlap_table(train: ImageSplit, test: ImageSplit) -> pd.DataFrame:
 
 # ---- the suites -----------------------------------------------------------------------------------------
 
-def build_suites(cfg: ValidateConfig, num_classes: int, image_shape: tuple[int, int]) -> dict[str, list[Any]]:
-    """Expectations per table. Imported lazily: GX takes seconds to import."""
+def thresholds(cfg: ValidateConfig, spec: DatasetSpec) -> dict[str, float]:
+    """The suite's bounds: the run's where it sets them, else the dataset's own."""
+    low, high = spec.class_fraction
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    return {"min_class_fraction": pick(cfg.min_class_fraction, low),
+            "max_class_fraction": pick(cfg.max_class_fraction, high),
+            "max_train_test_overlap": pick(cfg.max_train_test_overlap, spec.max_train_test_overlap)}
+
+
+def build_suites(cfg: ValidateConfig, spec: DatasetSpec) -> dict[str, list[Any]]:
+    """Expectations per table, from the dataset's spec. Imported lazily: GX takes seconds to import."""
     import great_expectations as gx
 
     E = gx.expectations
-    height, width = image_shape
+    height, width, channels = spec.image_shape
+    num_classes = len(spec.classes)
+    bounds = thresholds(cfg, spec)
     return {
         "splits": [
             E.ExpectTableRowCountToBeBetween(min_value=2),
@@ -181,9 +193,10 @@ def build_suites(cfg: ValidateConfig, num_classes: int, image_shape: tuple[int, 
             E.ExpectColumnPairValuesToBeEqual(column_A="images", column_B="labels"),
         ],
         "images": [
-            E.ExpectColumnValuesToBeInSet(column="ndim", value_set=[3]),
+            E.ExpectColumnValuesToBeInSet(column="ndim", value_set=[3 if channels == 1 else 4]),
             E.ExpectColumnValuesToBeInSet(column="height", value_set=[height]),
             E.ExpectColumnValuesToBeInSet(column="width", value_set=[width]),
+            E.ExpectColumnValuesToBeInSet(column="channels", value_set=[channels]),
             E.ExpectColumnValuesToBeInSet(column="dtype", value_set=["uint8"]),
             E.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(num_classes))),
             E.ExpectColumnValuesToBeBetween(column="nonfinite", min_value=0, max_value=0),
@@ -194,12 +207,12 @@ def build_suites(cfg: ValidateConfig, num_classes: int, image_shape: tuple[int, 
         ],
         "classes": [
             E.ExpectColumnValuesToBeBetween(
-                column="fraction", min_value=cfg.min_class_fraction, max_value=cfg.max_class_fraction
+                column="fraction", min_value=bounds["min_class_fraction"], max_value=bounds["max_class_fraction"]
             ),
         ],
         "overlap": [
             E.ExpectColumnValuesToBeInSet(
-                column="in_train", value_set=[False], mostly=1.0 - cfg.max_train_test_overlap
+                column="in_train", value_set=[False], mostly=1.0 - bounds["max_train_test_overlap"]
             ),
         ],
     }
@@ -208,16 +221,14 @@ def build_suites(cfg: ValidateConfig, num_classes: int, image_shape: tuple[int, 
 def validate_splits(
     splits: dict[str, ImageSplit],
     cfg: ValidateConfig,
-    *,
-    dataset: str,
-    num_classes: int,
-    image_shape: tuple[int, int],
+    spec: DatasetSpec,
 ) -> ValidationReport:
-    """Run the suites over in-memory splits and collect one report."""
+    """Run the dataset's suites over in-memory splits and collect one report."""
     import great_expectations as gx
 
-    tables = build_tables(splits, num_classes)
-    suites = build_suites(cfg, num_classes, image_shape)
+    dataset = spec.name
+    tables = build_tables(splits, len(spec.classes))
+    suites = build_suites(cfg, spec)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
     source = context.data_sources.add_pandas(f"{dataset}-summaries")
@@ -260,11 +271,9 @@ def validate_dataset(
     dataset_dir = Path(dataset_dir)
     meta = read_metadata(dataset_dir)
     # What the data should look like comes from the dataset's spec, never from the files being checked.
-    spec = SPECS[meta["name"]]
+    spec = get_dataset(meta["name"])
     splits = {name: load_split(dataset_dir, name) for name in meta.get("splits", {})}
-    report = validate_splits(
-        splits, cfg, dataset=spec.name, num_classes=len(spec.classes), image_shape=spec.image_shape
-    )
+    report = validate_splits(splits, cfg, spec)
     out = Path(report_dir or cfg.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report.to_markdown())

@@ -1,7 +1,10 @@
 """A saved model: weights plus everything needed to rebuild and feed it, without training code.
 
     <model_dir>/model.pt     state_dict
-    <model_dir>/model.json   {"family", "args", "labels", "input": {...}, "normalization": {...}}
+    <model_dir>/model.json   {"family", "args", "labels", "preprocessing": {...}, "extra": {...}}
+
+`preprocessing` is the fitted `ImagePreprocessor` (later a tokenizer's description): the one definition of
+how inputs become tensors, used by evaluation, the MLflow pyfunc and serving alike.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelyard.data.preprocess import ImagePreprocessor
 from modelyard.models import build_model
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -25,13 +29,15 @@ class ModelSpec:
     family: str
     args: dict[str, Any]
     labels: list[str]
-    input: dict[str, Any]  # {"kind": "image", "channels": 1, "height": 28, "width": 28, "dtype": "uint8"}
-    normalization: dict[str, float]  # {"mean": ..., "std": ...}
+    preprocessing: dict[str, Any]  # ImagePreprocessor.to_dict()
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def build(self) -> nn.Module:
         return build_model(self.family, **self.args)
+
+    def preprocessor(self) -> ImagePreprocessor:
+        return ImagePreprocessor.from_dict(self.preprocessing)
 
 
 def save_model_dir(model: nn.Module, spec: ModelSpec, model_dir: str | os.PathLike[str]) -> Path:
@@ -48,9 +54,22 @@ def read_spec(model_dir: str | os.PathLike[str]) -> ModelSpec:
     if not path.is_file():
         raise FileNotFoundError(f"not a model directory: {path} is missing")
     doc = json.loads(path.read_text())
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported model format {doc.get('format_version')!r}")
+    version = doc.get("format_version")
+    if version == 1:
+        doc = _from_v1(doc)
+    elif version != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported model format {version!r}")
     return ModelSpec(**doc)
+
+
+def _from_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 (Fashion-MNIST CNNs registered before the task layer): one gray channel, scalar statistics."""
+    shape = (doc["input"]["height"], doc["input"]["width"], doc["input"].get("channels", 1))
+    norm = doc["normalization"]
+    pre = ImagePreprocessor(shape, shape, (norm["mean"],), (norm["std"],))
+    args = {k: v for k, v in doc["args"].items() if k not in ("image_size",)}
+    return {"family": doc["family"], "args": args, "labels": doc["labels"], "preprocessing": pre.to_dict(),
+            "extra": doc.get("extra", {}), "format_version": FORMAT_VERSION}
 
 
 def load_model_dir(model_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:

@@ -1,9 +1,13 @@
 """Distributed training with Ray Train: the only module that imports `ray.train`.
 
-`train(...)` is the one function that builds ScalingConfig/RunConfig. `train_loop_per_worker` runs the
-plain steps of `loop.py` on each worker: the data sit on the worker's device, each worker takes its shard
-of a permutation shared by all (same seed), gradients are averaged by DDP (gloo on CPU, NCCL on GPU).
-Every epoch ends with a Ray checkpoint, so a run that loses a worker restarts from the last one.
+`train(...)` is the one function that builds ScalingConfig/RunConfig. The driver decides everything about
+the task: it builds the model's spec and fitted preprocessor, loads pretrained weights (so no worker reads
+a file only the driver has), and puts the data, split and initial weights into Ray's object store.
+`run_worker` then runs the plain steps of `loop.py` on each worker through a batch adapter: the data sit on
+the worker's device, each worker takes its shard of a permutation shared by all (same seed), gradients
+are averaged by DDP (gloo on CPU, NCCL on GPU). Every epoch ends with a checkpoint, so a run that loses a
+worker restarts from the last one. `run_worker` also runs without Ray (`LocalSession`), for benchmarks and
+device checks.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from typing import Any
 import torch
 
 from modelyard.config import PipelineConfig, TrainConfig
-from modelyard.data.augment import check_prepared, load_prepared
+from modelyard.data.augment import AugmentPolicy, check_prepared, load_prepared
 from modelyard.data.dataset import load_split, read_metadata, replace_dir
+from modelyard.data.preprocess import ImagePreprocessor, image_shape
 from modelyard.models.artifact import ModelSpec, save_model_dir
 from modelyard.runtime import connect_ray
 from modelyard.training import loop
@@ -147,10 +152,13 @@ def train(
         log.info("training plan: %s", plan.reason)
         shutil.rmtree(tmp_out, ignore_errors=True)
         tmp_out.mkdir(parents=True)
+        task = prepare_task(cfg, dataset_dir, prepared_dir)
         loop_config = {
             "cfg": cfg.model_dump(mode="json", by_alias=True),
-            "dataset_dir": str(Path(dataset_dir).resolve()),
-            "prepared_dir": str(Path(prepared_dir).resolve()),
+            "task": {"spec": asdict(task.spec), "policy": asdict(task.policy)},
+            # Data and initial weights travel through the object store: workers on other nodes need no path.
+            "data_ref": ray.put(task.data),
+            "init_ref": ray.put(task.init_state),
             "output_dir": str(tmp_out),
             "run_id": run_id,
             "tracking_uri": tracking_uri,
@@ -208,16 +216,115 @@ def train(
             ray.shutdown()
 
 
+@dataclass
+class Task:
+    """What the driver hands every worker: the model's spec (with its fitted preprocessor), the augmentation
+    policy, the data and split, and the initial weights (pretrained ones loaded here, once)."""
+
+    spec: ModelSpec
+    policy: AugmentPolicy
+    data: dict[str, Any]  # images, labels, train_idx, val_idx (numpy)
+    init_state: dict[str, torch.Tensor]
+
+
+def prepare_task(cfg: PipelineConfig, dataset_dir: str | os.PathLike[str], prepared_dir: str | os.PathLike[str]) -> Task:
+    meta = read_metadata(dataset_dir)
+    prepared = load_prepared(prepared_dir)
+    train_split = load_split(dataset_dir, "train")
+    family = cfg.model
+    source = image_shape(train_split.images)
+    input_shape = family.input_shape(source)
+    fixed = family.normalization()
+    if fixed is None:  # the statistics the augment stage fitted on the training rows
+        mean, std = prepared.mean, prepared.std
+        if input_shape[2] != source[2]:
+            mean, std = mean * input_shape[2], std * input_shape[2]
+        fixed = (mean, std, f"fitted on the {meta['name']} training split")
+    preprocessor = ImagePreprocessor(source, input_shape, tuple(fixed[0]), tuple(fixed[1]), fixed[2])
+    spec = ModelSpec(
+        family=family.name,
+        args=family.builder_args(input_shape, len(meta["classes"])),
+        labels=list(meta["classes"]),
+        preprocessing=preprocessor.to_dict(),
+        extra={"dataset": meta["name"], "dataset_sha256": meta["splits"]["train"]["sha256"],
+               "config": family.model_dump(mode="json")},
+    )
+    model = spec.build()
+    family.prepare(model)  # pretrained weights, frozen layers
+    data = {"images": train_split.images, "labels": train_split.labels,
+            "train_idx": prepared.train_indices, "val_idx": prepared.val_indices}
+    return Task(spec, prepared.policy, data, {k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    import ray.train
-    import ray.train.torch
+    run_worker(config, _RaySession())
 
+
+class _RaySession:
+    """Ray Train's view of a worker: rank, device, checkpoints, reports."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def get(self, ref: Any) -> Any:
+        import ray
+
+        return ray.get(ref)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def get_checkpoint_state(self, device: torch.device) -> dict[str, Any] | None:
+        checkpoint = self._train.get_checkpoint()
+        if not checkpoint:
+            return None
+        with checkpoint.as_directory() as ckpt_dir:
+            return torch.load(Path(ckpt_dir) / "state.pt", map_location=device, weights_only=False)
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if state is not None:
+                torch.save(state, Path(tmp) / "state.pt")
+                checkpoint = self._train.Checkpoint.from_directory(tmp)
+            self._train.report(dict(metrics), checkpoint=checkpoint)
+
+
+class LocalSession:
+    """One process, no Ray: the same worker code for benchmarks and device checks. Keeps the last state."""
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.rank, self.world = 0, 1
+        self.device = torch.device(device)
+        self.last_state: dict[str, Any] | None = None
+
+    def get(self, value: Any) -> Any:
+        return value
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def get_checkpoint_state(self, device: torch.device) -> dict[str, Any] | None:
+        return None
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        self.last_state = state if state is not None else self.last_state
+
+
+def run_worker(config: dict[str, Any], session: Any) -> None:
+    """One worker's training: the same for every model family (the batch adapter differs)."""
     cfg = PipelineConfig.model_validate(config["cfg"])
     tc = cfg.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world, device = session.rank, session.world, session.device
     if device.type == "cpu":
         torch.set_num_threads(int(config.get("cpus_per_worker", 1)))
     torch.manual_seed(tc.seed)
@@ -226,39 +333,43 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info("precision: %s (%s); %d worker(s), %d torch thread(s) each", "fp32" if mode == "none" else mode,
                  why, world, torch.get_num_threads())
 
-    meta = read_metadata(config["dataset_dir"])
-    prepared = load_prepared(config["prepared_dir"])
-    train_split = load_split(config["dataset_dir"], "train")
-    images = torch.from_numpy(train_split.images).to(device)  # uint8 (N, H, W), resident
-    labels = torch.from_numpy(train_split.labels).to(device)
+    spec = ModelSpec(**config["task"]["spec"])
+    policy = AugmentPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["task"]["policy"].items()})
+    data = session.get(config["data_ref"])
+    images = torch.from_numpy(data["images"]).to(device)  # uint8, resident
+    labels = torch.from_numpy(data["labels"]).to(device)
+    train_rows = torch.from_numpy(data["train_idx"])
     # Every worker gets an equal share, so all run the same number of steps (DDP needs that).
-    per_worker_train = len(prepared.train_indices) // world
-    val_idx = torch.from_numpy(prepared.val_indices)[rank::world].to(device)
+    per_worker_train = len(train_rows) // world
+    val_idx = torch.from_numpy(data["val_idx"])[rank::world].to(device)
     local_batch = max(1, tc.batch_size // world)
 
-    height, width = train_split.images.shape[1:]
-    spec = ModelSpec(
-        family=cfg.model.name,
-        args={"in_channels": 1, "num_classes": len(meta["classes"]), "width": cfg.model.width,
-              "dropout": cfg.model.dropout, "image_size": [int(height), int(width)]},
-        labels=list(meta["classes"]),
-        input={"kind": "image", "channels": 1, "height": int(height), "width": int(width), "dtype": "uint8"},
-        normalization={"mean": prepared.mean, "std": prepared.std},
-        extra={"dataset": meta["name"], "dataset_sha256": meta["splits"]["train"]["sha256"]},
-    )
-    model = spec.build().to(device)
+    model = spec.build()
+    model.load_state_dict(session.get(config["init_ref"]))
+    model = model.to(device)
     precision = loop.Precision(device=device, mode=mode, channels_last=tc.channels_last)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = loop.build_optimizer(model, tc.learning_rate, tc.momentum, tc.weight_decay)
-    steps = loop.steps_per_epoch(per_worker_train, local_batch)
-    scheduler = loop.build_scheduler(optimizer, total_steps=steps * tc.epochs, warmup_steps=steps * tc.warmup_epochs)
+    batches: Any = loop.ImageBatches(images, labels, spec.preprocessor(), policy)
+    trained = model  # what the optimiser updates
+    if getattr(model, "frozen", False) and policy.is_identity:
+        # A frozen backbone over unaugmented inputs gives the same features every epoch: compute them once.
+        t0 = time.perf_counter()
+        rows = torch.cat([train_rows.to(device), val_idx]).unique()
+        feats = loop.compute_features(model.backbone, batches, rows, precision)
+        batches, trained = loop.TensorBatches(feats, labels), model.head
+        if rank == 0:
+            log.info("cached %d x %d backbone features in %.1f s", len(rows), feats.shape[1], time.perf_counter() - t0)
+    groups = cfg.model.param_groups(model)
+    optimizer = loop.build_optimizer(groups, tc.learning_rate, tc.momentum, tc.weight_decay, tc.optimizer)
+    batches_per_epoch = loop.steps_per_epoch(per_worker_train, local_batch)
+    steps = max(1, math.ceil(batches_per_epoch / tc.grad_accum_steps))
+    scheduler = loop.build_scheduler(optimizer, total_steps=steps * tc.epochs,
+                                     warmup_steps=int(round(steps * tc.warmup_epochs)), schedule=tc.schedule)
 
     start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # resuming after a failure: pick up where the last checkpoint left off
-        with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(Path(ckpt_dir) / "state.pt", map_location=device, weights_only=False)
+    state = session.get_checkpoint_state(device)
+    if state:  # resuming after a failure: pick up where the last checkpoint left off
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -266,26 +377,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             log.warning("resumed from checkpoint after epoch %d", state["epoch"])
 
-    model = ray.train.torch.prepare_model(model)
-    raw_model = model.module if hasattr(model, "module") else model
+    step_model = session.prepare_model(trained)
     tracker = _Rank0Tracker(config, rank)
     tracker.tags({"train.precision": "fp32" if mode == "none" else mode, "train.precision_reason": why,
                   "train.workers": world, "train.threads_per_worker": torch.get_num_threads(),
-                  "train.device": device.type})
+                  "train.device": device.type, "train.features_cached": trained is not model})
 
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
         gen = torch.Generator(device=device).manual_seed(tc.seed * 1000 + epoch)
-        perm = torch.randperm(len(prepared.train_indices), generator=torch.Generator().manual_seed(tc.seed + epoch))
-        shard = torch.from_numpy(prepared.train_indices)[perm][rank * per_worker_train:(rank + 1) * per_worker_train]
+        perm = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(tc.seed + epoch))
+        shard = train_rows[perm][rank * per_worker_train:(rank + 1) * per_worker_train].to(device)
         tr = loop.train_epoch(
-            model, images, labels, shard.to(device), batch_size=local_batch, optimizer=optimizer,
-            scheduler=scheduler, precision=precision, policy=prepared.policy, mean=prepared.mean,
-            std=prepared.std, gen=gen, label_smoothing=tc.label_smoothing,
+            step_model, batches.train(shard, local_batch, gen), optimizer=optimizer, scheduler=scheduler,
+            precision=precision, label_smoothing=tc.label_smoothing, accum_steps=tc.grad_accum_steps,
+            clip_norm=tc.grad_clip_norm,
         )
         train_time = time.perf_counter() - t0
-        va = loop.evaluate_indices(raw_model, images, labels, val_idx, batch_size=1000, precision=precision,
-                                   mean=prepared.mean, std=prepared.std)
+        va = loop.evaluate_batches(trained, batches.eval(val_idx, 500), precision)
         totals = _all_reduce_sum([tr["loss_sum"], tr["correct"], tr["count"], va["loss_sum"], va["correct"], va["count"]],
                                  device)
         metrics = {
@@ -302,18 +411,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
         history.append(metrics)
         tracker.log(metrics, step=epoch + 1)
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                torch.save(
-                    {"model": {k: v.cpu() for k, v in raw_model.state_dict().items()},
+        state = None
+        if rank == 0:
+            state = {"model": {k: v.cpu() for k, v in model.state_dict().items()},
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "epoch": epoch, "history": history, "spec": asdict(spec),
-                     "precision": {"mode": mode, "reason": why}},
-                    Path(tmp) / "state.pt",
-                )
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({k: v for k, v in metrics.items()}, checkpoint=checkpoint)
+                     "precision": {"mode": mode, "reason": why}}
+        session.report(metrics, state)
     tracker.close()
 
 

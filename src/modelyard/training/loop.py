@@ -1,8 +1,11 @@
-"""Plain PyTorch training and evaluation steps: the same code runs in one process or in N Ray workers.
+"""Plain PyTorch training and evaluation: the same code runs in one process or in N Ray workers.
 
-Data stay resident on the training device as uint8 tensors; each step gathers a batch by index and
-augments it there (see `modelyard.data.augment`), which beats a per-sample DataLoader by a wide margin
-for datasets of this size.
+One loop for every model family. What differs per modality is the *batch adapter*, an object whose
+`train(indices, batch_size, gen)` and `eval(indices, batch_size)` yield `(inputs, labels)` on the training
+device: `ImageBatches` gathers a batch of resident uint8 images by index and augments and preprocesses it
+there (which beats a per-sample DataLoader by a wide margin for datasets of this size); `TensorBatches`
+serves precomputed tensors (a frozen backbone's cached features). Inputs may also be a mapping of tensors
+(token ids and attention mask) and a model may return an object with `.logits` (Hugging Face).
 """
 
 from __future__ import annotations
@@ -10,15 +13,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelyard.data.augment import AugmentPolicy, augment_batch, normalize
+from modelyard.data.augment import AugmentPolicy
+from modelyard.data.preprocess import ImagePreprocessor
 
 log = logging.getLogger(__name__)
 
@@ -104,26 +109,57 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=AMP_DTYPES[self.mode])
 
-    def format(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+    def format(self, x: Any) -> Any:
+        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
-def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum; no weight decay on batch-norm and bias parameters."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+ParamGroups = list[tuple[str, list[nn.Parameter], float]]  # (name, parameters, learning-rate factor)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then cosine decay to zero, stepped once per batch."""
+def build_optimizer(
+    model_or_groups: nn.Module | ParamGroups,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    kind: str = "sgd",
+) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over parameter groups, each at `lr` x its factor; no weight decay on
+    biases and normalisation weights (parameters with one dimension)."""
+    groups = model_or_groups
+    if isinstance(groups, nn.Module):
+        groups = [("all", [p for p in groups.parameters() if p.requires_grad], 1.0)]
+    param_groups = []
+    for name, params, factor in groups:
+        for suffix, picked, decay in (("", [p for p in params if p.ndim > 1], weight_decay),
+                                      ("/no_decay", [p for p in params if p.ndim <= 1], 0.0)):
+            if picked:
+                param_groups.append({"params": picked, "lr": lr * factor, "weight_decay": decay,
+                                     "name": name + suffix})
+    if not param_groups:
+        raise ValueError("the model has no trainable parameters")
+    if kind == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    if kind == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr)
+    raise ValueError(f"unknown optimizer {kind!r}; use sgd or adamw")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, schedule: str = "cosine"
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine or linear decay to zero (or constant), stepped once per optimiser step."""
+    if schedule not in ("cosine", "linear", "constant"):
+        raise ValueError(f"unknown schedule {schedule!r}; use cosine, linear or constant")
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress if schedule == "linear" else 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -139,6 +175,12 @@ def batch_indices(indices: torch.Tensor, batch_size: int, gen: torch.Generator |
         yield indices[start : start + batch_size]
 
 
+def logits_of(model: nn.Module, x: Any) -> torch.Tensor:
+    """Call the model on a tensor or a mapping of tensors; accept a bare tensor or an output with `.logits`."""
+    out = model(**x) if isinstance(x, Mapping) else model(x)
+    return getattr(out, "logits", out)
+
+
 def train_step(
     model: nn.Module,
     x: torch.Tensor,
@@ -149,7 +191,7 @@ def train_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns (summed loss, number correct) as tensors (no host sync)."""
     with precision.autocast():
-        logits = model(precision.format(x))
+        logits = logits_of(model, precision.format(x))
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     if precision.scaler is not None:
@@ -163,65 +205,134 @@ def train_step(
 
 
 @torch.no_grad()
-def eval_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+def eval_step(model: nn.Module, x: Any, y: torch.Tensor, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
     with precision.autocast():
-        logits = model(precision.format(x))
+        logits = logits_of(model, precision.format(x))
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
     return loss, (logits.argmax(1) == y).sum()
 
 
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision,
+                    clip_norm: float | None) -> None:
+    if precision.scaler is not None:
+        if clip_norm is not None:
+            precision.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+    else:
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_epoch(
     model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    indices: torch.Tensor,
+    batches: Iterable[tuple[Any, torch.Tensor]],
     *,
-    batch_size: int,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     precision: Precision,
-    policy: AugmentPolicy,
-    mean: float,
-    std: float,
-    gen: torch.Generator,
     label_smoothing: float = 0.0,
+    accum_steps: int = 1,
+    clip_norm: float | None = None,
 ) -> dict[str, float]:
-    """One pass over `indices` (this worker's shard) with augmentation; returns loss/accuracy sums."""
+    """One pass over `batches` (this worker's shard); an optimiser step every `accum_steps` micro-batches
+    (DDP's gradient all-reduce only on those), with optional gradient clipping. Returns loss/accuracy sums."""
     model.train()
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device, dtype=torch.long)
-    seen = 0
-    for idx in batch_indices(indices, batch_size, gen):
-        x = augment_batch(images[idx], policy, gen, mean, std)
-        loss, hits = train_step(model, x, labels[idx], optimizer, precision, label_smoothing)
+    loss_sum = correct = None
+    seen = pending = 0
+    optimizer.zero_grad(set_to_none=True)
+    for x, y in batches:
+        pending += 1
+        sync = pending == accum_steps
+        no_sync = model.no_sync() if not sync and hasattr(model, "no_sync") else contextlib.nullcontext()
+        with no_sync:
+            with precision.autocast():
+                logits = logits_of(model, precision.format(x))
+                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            scaled = loss / accum_steps if accum_steps > 1 else loss
+            (precision.scaler.scale(scaled) if precision.scaler is not None else scaled).backward()
+        if sync:
+            _optimizer_step(model, optimizer, precision, clip_norm)
+            if scheduler is not None:
+                scheduler.step()
+            pending = 0
+        batch_loss, hits = loss.detach() * len(y), (logits.argmax(1) == y).sum()
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        correct = hits if correct is None else correct + hits
+        seen += len(y)
+    if pending:  # a last, shorter accumulation
+        _optimizer_step(model, optimizer, precision, clip_norm)
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss
-        correct += hits
-        seen += len(idx)
-    return {"loss_sum": float(loss_sum), "correct": float(correct), "count": float(seen)}
+    return {"loss_sum": float(loss_sum or 0.0), "correct": float(correct or 0), "count": float(seen)}
 
 
-def evaluate_indices(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    indices: torch.Tensor,
-    *,
-    batch_size: int,
-    precision: Precision,
-    mean: float,
-    std: float,
-) -> dict[str, float]:
-    """Loss/accuracy sums over `indices`, no augmentation."""
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]], precision: Precision) -> dict[str, float]:
+    """Loss/accuracy sums over `batches`, no augmentation."""
     model.eval()
-    loss_sum, correct = 0.0, 0.0
-    for idx in batch_indices(indices, batch_size, None):
-        loss, hits = eval_step(model, normalize(images[idx], mean, std), labels[idx], precision)
+    loss_sum, correct, count = 0.0, 0.0, 0
+    for x, y in batches:
+        loss, hits = eval_step(model, x, y, precision)
         loss_sum += float(loss)
         correct += float(hits)
-    return {"loss_sum": loss_sum, "correct": correct, "count": float(len(indices))}
+        count += len(y)
+    return {"loss_sum": loss_sum, "correct": correct, "count": float(count)}
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size
+
+
+# ---- batch adapters ---------------------------------------------------------------------------------
+
+class ImageBatches:
+    """Resident uint8 images and labels on the training device; batches gathered by index, augmented (train)
+    and preprocessed there by the model's preprocessor."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, preprocessor: ImagePreprocessor,
+                 policy: AugmentPolicy) -> None:
+        self.images, self.labels = images, labels
+        self.preprocessor, self.policy = preprocessor, policy
+
+    def train(self, indices: torch.Tensor, batch_size: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in batch_indices(indices, batch_size, gen):
+            yield self.preprocessor.train_batch(self.images[idx], self.policy, gen), self.labels[idx]
+
+    def eval(self, indices: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in batch_indices(indices, batch_size, None):
+            yield self.preprocessor(self.images[idx]), self.labels[idx]
+
+
+class TensorBatches:
+    """Precomputed inputs (e.g. a frozen backbone's features), indexed by the same row numbers as the data."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        self.inputs, self.labels = inputs, labels
+
+    def train(self, indices: torch.Tensor, batch_size: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in batch_indices(indices, batch_size, gen):
+            yield self.inputs[idx], self.labels[idx]
+
+    def eval(self, indices: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in batch_indices(indices, batch_size, None):
+            yield self.inputs[idx], self.labels[idx]
+
+
+@torch.inference_mode()
+def compute_features(backbone: nn.Module, batches: ImageBatches, indices: torch.Tensor, precision: Precision,
+                     batch_size: int = 256) -> torch.Tensor:
+    """A frozen backbone's outputs for `indices` rows, scattered into a (N_all, F) float32 tensor."""
+    backbone.eval()
+    out: torch.Tensor | None = None
+    for idx in batch_indices(indices, batch_size, None):
+        with precision.autocast():
+            feats = backbone(precision.format(batches.preprocessor(batches.images[idx]))).float()
+        if out is None:
+            out = torch.zeros((len(batches.labels), feats.shape[1]), device=feats.device)
+        out[idx] = feats
+    if out is None:
+        raise ValueError("no rows to compute features for")
+    return out

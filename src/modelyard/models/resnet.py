@@ -1,0 +1,36 @@
+"""torchvision's ResNet-18 trained from scratch; with the CIFAR stem (3x3 conv, stride 1, no max-pool)
+for 32x32 inputs, as in He et al.'s CIFAR experiments, so the last stage still sees 4x4 maps."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+from torch import nn
+
+from modelyard.models import FamilyConfig, register_model
+
+
+class ResNet18Config(FamilyConfig):
+    """torchvision ResNet-18 from random weights."""
+
+    name: Literal["resnet18"] = "resnet18"
+    stem: Literal["cifar", "imagenet"] = Field(
+        "cifar", description="cifar: 3x3 stride-1 first conv and no max-pool (small images); imagenet: 7x7/2 + pool."
+    )
+
+    def builder_args(self, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
+        return {"in_channels": input_shape[2], "num_classes": num_classes, "stem": self.stem}
+
+
+@register_model("resnet18")
+def build_resnet18(in_channels: int = 3, num_classes: int = 10, stem: str = "cifar") -> nn.Module:
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None, num_classes=num_classes)
+    if stem == "cifar":
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
