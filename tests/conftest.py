@@ -66,6 +66,21 @@ def image_bytes() -> dict[str, bytes]:
     return {p.stem: p.read_bytes() for p in sorted((FIXTURES / "images").glob("*.png"))}
 
 
+def photo_tiles(count: int) -> np.ndarray:
+    """`count` real 32x32 RGB tiles cut from scikit-image's colour photographs."""
+    from skimage import data
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry()]
+    tiles = []
+    for photo in photos:
+        h, w = photo.shape[0] // 32, photo.shape[1] // 32
+        tiles += [photo[i * 32:(i + 1) * 32, j * 32:(j + 1) * 32, :3] for i in range(h) for j in range(w)]
+    tiles = [t for t in tiles if t.std() > 8]  # a flat patch of sky or background is not a picture of anything
+    rng = np.random.default_rng(0)
+    picked = rng.choice(len(tiles), size=count, replace=False)
+    return np.ascontiguousarray(np.stack([tiles[i] for i in picked]).astype(np.uint8))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class TrainResult:
     cpus_per_worker: int = 1
     precision: str = "none"  # what the steps ran in: none (fp32) | bf16 | fp16
     precision_reason: str = ""
+    features_cached: bool = False  # a frozen backbone's features were computed once and only the head trained
 
     @property
     def final(self) -> dict[str, float]:
@@ -202,6 +204,7 @@ def train(
             cpus_per_worker=plan.cpus_per_worker,
             precision=state["precision"]["mode"],
             precision_reason=state["precision"]["reason"],
+            features_cached=state.get("features_cached", False),
         )
         (tmp_out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         (tmp_out / "train.json").write_text(json.dumps(asdict(train_result), indent=2) + "\n")
@@ -336,8 +339,10 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
     spec = ModelSpec(**config["task"]["spec"])
     policy = AugmentPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["task"]["policy"].items()})
     data = session.get(config["data_ref"])
-    images = torch.from_numpy(data["images"]).to(device)  # uint8, resident
-    labels = torch.from_numpy(data["labels"]).to(device)
+    with warnings.catch_warnings():  # arrays from the object store are read-only views; nothing writes to them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        images = torch.from_numpy(data["images"]).to(device)  # uint8, resident
+        labels = torch.from_numpy(data["labels"]).to(device)
     train_rows = torch.from_numpy(data["train_idx"])
     # Every worker gets an equal share, so all run the same number of steps (DDP needs that).
     per_worker_train = len(train_rows) // world
@@ -416,7 +421,7 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
             state = {"model": {k: v.cpu() for k, v in model.state_dict().items()},
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "epoch": epoch, "history": history, "spec": asdict(spec),
-                     "precision": {"mode": mode, "reason": why}}
+                     "precision": {"mode": mode, "reason": why}, "features_cached": trained is not model}
         session.report(metrics, state)
     tracker.close()
 
