@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from modelyard.config import DataConfig, load_config
-from modelyard.data.augment import augment_batch, normalize, prepare_splits
+from modelyard.data.augment import prepare_splits
 from modelyard.data.dataset import ImageSplit, load_split, read_metadata, write_dataset
 from modelyard.data.fetch import fetch_dataset
+from modelyard.data.preprocess import ImagePreprocessor
 from modelyard.runtime import configure_environment
 from modelyard.training import loop
 
@@ -48,6 +49,7 @@ def plain_epochs(dataset_dir: Path, prepared_dir: Path, cfg, epochs: int) -> lis
     mode, _ = loop.resolve_precision(cfg.train.mixed_precision, torch.device("cpu"))
     torch.manual_seed(cfg.train.seed)
     model = build_model("cnn", width=cfg.model.width, dropout=cfg.model.dropout)
+    pre = ImagePreprocessor((28, 28, 1), (28, 28, 1), tuple(prepared.mean), tuple(prepared.std))
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.train.learning_rate, momentum=cfg.train.momentum, nesterov=True,
@@ -62,7 +64,7 @@ def plain_epochs(dataset_dir: Path, prepared_dir: Path, cfg, epochs: int) -> lis
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         for i in range(0, len(order) - len(order) % bs, bs):
             idx = order[i:i + bs]
-            x = augment_batch(images[idx], policy, gen, prepared.mean, prepared.std)
+            x = pre.train_batch(images[idx], policy, gen)
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
@@ -73,7 +75,7 @@ def plain_epochs(dataset_dir: Path, prepared_dir: Path, cfg, epochs: int) -> lis
         model.eval()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
             for i in range(0, len(val_idx), 1000):
-                model(normalize(images[val_idx[i:i + 1000]], prepared.mean, prepared.std)).argmax(1)
+                model(pre(images[val_idx[i:i + 1000]])).argmax(1)
         rates.append((len(order) - len(order) % bs) / (time.perf_counter() - start))
     return rates
 

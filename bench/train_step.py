@@ -1,10 +1,16 @@
-"""modelyard's training step (augment + autocast + SGD step via `training.loop`) against the same work
-written inline in plain PyTorch, in one process, on real Fashion-MNIST images.
+"""modelyard's training step against the same work written inline in plain PyTorch, for every model family,
+in one process, on real Fashion-MNIST images.
 
-    python -m bench.train_step [--steps 60] [--batch 128] [--precision auto|bf16|none] [--threads 2]
+    python -m bench.train_step [--family cnn mlp resnet18 transfer-ft transfer-fe] [--precision auto]
+                               [--threads 2] [--device cpu|cuda] [--chunks N] [--batch B]
 
-Prints samples/s for both (median step time, the two kinds alternating step by step) and the ratio
-(modelyard / plain); the target is at least 0.97. Absolute numbers depend on the machine; only the ratio is comparable across machines.
+modelyard's side is the code training runs: the family's model built from its typed config, the fitted
+preprocessor's augmentation and resize on the device (`ImageBatches`), and `loop.train_epoch` (autocast,
+optimiser step over the family's parameter groups, the loss/accuracy bookkeeping) over a run of steps, as an
+epoch runs them. The plain side writes the same computation out: gather, crop + flip, resize, normalise,
+forward, loss, backward, step. Each timed call is a chunk of steps; the two kinds alternate chunk by chunk,
+and samples/s come from the median chunk. Prints the ratio (modelyard / plain) per family; the target is at
+least 0.97. Absolute numbers depend on the machine; only the ratio is comparable across machines.
 """
 
 from __future__ import annotations
@@ -17,46 +23,60 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from modelyard.config import DataConfig
-from modelyard.data.augment import AugmentPolicy, augment_batch
+from modelyard.config import DataConfig, load_config
+from modelyard.data.augment import AugmentPolicy
 from modelyard.data.dataset import load_split
 from modelyard.data.fetch import fetch_dataset
+from modelyard.data.preprocess import ImagePreprocessor
 from modelyard.models import build_model
 from modelyard.runtime import configure_environment
 from modelyard.training import loop
 
+# family -> (recipe it comes from, model overrides, steps per chunk, chunks, batch) at `make bench`'s defaults
+FAMILIES = {
+    "cnn": ("fashion-cnn", {}, 10, 8, 128),
+    "mlp": ("fashion-mlp", {}, 40, 8, 128),
+    "resnet18": ("fashion-cnn", {"name": "resnet18", "stem": "cifar"}, 2, 6, 32),
+    "transfer-ft": ("fashion-transfer-finetune", {}, 2, 6, 32),
+    "transfer-fe": ("fashion-transfer", {}, 4, 6, 32),  # frozen backbone, features not cached (augmented inputs)
+}
 
-def plain_step(model, opt, images, labels, idx, gen, mean, std, amp):
-    # The same computation, written out: crop(pad 2) + flip + normalise, autocast, SGD.
+
+def plain_step(model, opt, images, labels, idx, gen, mean, std, size, channels, pad, amp, channels_last, smoothing):
+    """The same computation, written out: crop (pad) + flip at 28 px, resize, channels, normalise, step."""
     dev = images.device
     x = images[idx].float().div(255).unsqueeze(1)
-    b = x.shape[0]
-    padded = F.pad(x, (2, 2, 2, 2))
-    dy = torch.randint(0, 5, (b,), generator=gen, device=dev)
-    dx = torch.randint(0, 5, (b,), generator=gen, device=dev)
-    rows = (dy[:, None] + torch.arange(28, device=dev))[:, :, None]
-    cols = (dx[:, None] + torch.arange(28, device=dev))[:, None, :]
-    x = padded.permute(0, 2, 3, 1)[torch.arange(b, device=dev)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    b, _, h, w = x.shape
+    if pad:
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=dev)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=dev)
+        rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]
+        x = padded.permute(0, 2, 3, 1)[torch.arange(b, device=dev)[:, None, None], rows, cols].permute(0, 3, 1, 2)
     flip = torch.rand(b, generator=gen, device=dev) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if size != h:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = x.expand(-1, channels, -1, -1)
     x = (x - mean) / std
-    x = x.contiguous(memory_format=torch.channels_last)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-        loss = F.cross_entropy(model(x), labels[idx], label_smoothing=0.1)
+        loss = F.cross_entropy(model(x), labels[idx], label_smoothing=smoothing)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
 
 
-def measure_interleaved(steps: dict[str, Callable[[], None]], n: int, batch: int, sync=lambda: None) -> dict[str, float]:
-    """samples/s of each step from the median of `n` timed calls, the kinds alternating call by call.
+def measure_interleaved(steps: dict[str, Callable[[], None]], n: int, samples: int, sync=lambda: None) -> dict[str, float]:
+    """samples/s of each kind from the median of `n` timed calls (`samples` each), alternating call by call.
 
     Alternating (and swapping which goes first) exposes both to the same machine state, so drift in clock
     speed or background load cancels out of the ratio instead of deciding it.
     """
     for fn in steps.values():  # warm-up: allocator, autotuning, first-call overheads
-        for _ in range(5):
-            fn()
+        fn()
     times: dict[str, list[float]] = {kind: [] for kind in steps}
     kinds = list(steps)
     for i in range(n):
@@ -66,15 +86,66 @@ def measure_interleaved(steps: dict[str, Callable[[], None]], n: int, batch: int
             steps[kind]()
             sync()
             times[kind].append(time.perf_counter() - start)
-    return {kind: batch / statistics.median(t) for kind, t in times.items()}
+    return {kind: samples / statistics.median(t) for kind, t in times.items()}
+
+
+def bench_family(family: str, images, labels, dev, precision_mode: str, chunks: int | None, batch: int | None, sync):
+    recipe, model_overrides, chunk, default_chunks, default_batch = FAMILIES[family]
+    chunks, batch = chunks or default_chunks, batch or default_batch
+    cfg = load_config("params.yaml", {"recipe": recipe, **({"model": model_overrides} if model_overrides else {})})
+    fam, tc = cfg.model, cfg.train
+    source = (28, 28, 1)
+    shape = fam.input_shape(source)
+    fixed = fam.normalization() or ([0.286] * shape[2], [0.353] * shape[2], "Fashion-MNIST")
+    pre = ImagePreprocessor(source, shape, tuple(fixed[0]), tuple(fixed[1]))
+    pad = 2  # crop + flip for every family (the frozen backbone's step then sees augmented inputs, no cache)
+    policy = AugmentPolicy(crop_padding=pad, hflip_prob=0.5, erasing_prob=0.0)  # erasing has no plain twin here
+    mode, why = loop.resolve_precision(precision_mode, dev)
+    channels_last = tc.channels_last
+    precision = loop.Precision(device=dev, mode=mode, channels_last=channels_last)
+    spec_args = fam.builder_args(shape, 10)
+
+    def make_step(kind: str):
+        torch.manual_seed(0)
+        model = build_model(fam.name, **spec_args)
+        if fam.name == "transfer":
+            model.set_frozen(fam.frozen)
+        model = model.to(dev)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        groups = fam.param_groups(model)
+        opt = loop.build_optimizer(groups, tc.learning_rate, tc.momentum, tc.weight_decay, tc.optimizer)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        batches = loop.ImageBatches(images, labels, pre, policy)
+        mean = torch.tensor(pre.mean, device=dev).view(1, -1, 1, 1)
+        std = torch.tensor(pre.std, device=dev).view(1, -1, 1, 1)
+
+        def run_chunk() -> None:
+            rows = torch.randint(0, len(labels), (chunk * batch,), generator=gen, device=dev)
+            if kind == "plain":
+                model.train()
+                for start in range(0, len(rows), batch):
+                    plain_step(model, opt, images, labels, rows[start:start + batch], gen, mean, std, shape[0],
+                               shape[2], pad, mode == "bf16", channels_last, tc.label_smoothing)
+            else:
+                loop.train_epoch(model, batches.train(rows, batch, gen), optimizer=opt, scheduler=None,
+                                 precision=precision, label_smoothing=tc.label_smoothing)
+
+        return run_chunk
+
+    rates = measure_interleaved({"plain": make_step("plain"), "modelyard": make_step("modelyard")}, chunks,
+                                chunk * batch, sync)
+    return rates, mode, why, chunk * chunks, batch
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--family", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
+    parser.add_argument("--chunks", type=int, default=None, help="timed chunks of steps per kind (default: per family)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: per family)")
     parser.add_argument("--precision", choices=["auto", "bf16", "none"], default="auto",
-                        help="auto: what training would pick on this CPU (bf16 only where native)")
+                        help="auto: what training would pick here (bf16 only where native)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu", help="cpu or cuda (data resident there, as in training)")
     parser.add_argument("--data-dir", default="data")
@@ -86,37 +157,14 @@ def main() -> None:
 
     train = load_split(fetch_dataset(DataConfig(data_dir=args.data_dir)), "train")
     images, labels = torch.from_numpy(train.images).to(dev), torch.from_numpy(train.labels).to(dev)
-    mean, std = 0.286, 0.353
-    policy = AugmentPolicy(crop_padding=2, hflip_prob=0.5, erasing_prob=0.0)  # erasing has no plain twin here
-    mode, why = loop.resolve_precision(args.precision, dev)
-    amp = mode == "bf16"
-    precision = loop.Precision(device=dev, mode=mode, channels_last=True)
-
-    def make_step(kind: str):
-        """A fresh model, optimiser and generator, and one training step of `kind` over them."""
-        torch.manual_seed(0)
-        model = build_model("cnn", width=32).to(dev).to(memory_format=torch.channels_last).train()
-        opt = loop.build_optimizer(model, 0.1, 0.9, 5e-4)
-        gen = torch.Generator(device=dev).manual_seed(0)
-
-        def step() -> None:
-            i = torch.randint(0, len(labels), (args.batch,), generator=gen, device=dev)
-            if kind == "plain":
-                plain_step(model, opt, images, labels, i, gen, mean, std, amp)
-            else:
-                x = augment_batch(images[i], policy, gen, mean, std)
-                loop.train_step(model, x, labels[i], opt, precision, label_smoothing=0.1)
-
-        return step
-
-    rates = measure_interleaved({"plain": make_step("plain"), "modelyard": make_step("modelyard")}, args.steps,
-                                args.batch, sync)
-    plain, ours = rates["plain"], rates["modelyard"]
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {args.threads} threads"
-    print(f"{where}: batch={args.batch} precision={mode} ({why}) steps={args.steps}")
-    print(f"plain PyTorch : {plain:8.0f} samples/s")
-    print(f"modelyard     : {ours:8.0f} samples/s")
-    print(f"ratio modelyard/plain = {ours / plain:.3f}")
+    print(f"{where}; samples/s, median step, plain PyTorch vs modelyard alternating")
+    for family in args.family:
+        rates, mode, why, steps, batch = bench_family(family, images, labels, dev, args.precision, args.chunks,
+                                                      args.batch, sync)
+        plain, ours = rates["plain"], rates["modelyard"]
+        print(f"  {family:<12} batch={batch:<4} steps={steps:<4} precision={mode:<5} plain {plain:8.0f}  "
+              f"modelyard {ours:8.0f}  ratio {ours / plain:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def small_config(tmp: Path, data_dir: Path, **overrides: dict) -> PipelineConfig:
-    """params.yaml with every path under `tmp` and a short, small training run."""
+def small_config(tmp: Path, data_dir: Path, recipe: str | None = None, **overrides: dict) -> PipelineConfig:
+    """params.yaml (with `recipe` applied) with every path under `tmp` and a short, small training run."""
     base = {
         "data": {"data_dir": str(data_dir), "train_limit": 4000, "test_limit": 1000},
         "validate": {"report_dir": str(tmp / "reports/validation")},
@@ -100,6 +100,8 @@ def small_config(tmp: Path, data_dir: Path, **overrides: dict) -> PipelineConfig
     }
     for section, values in overrides.items():
         base.setdefault(section, {}).update(values)
+    if recipe:
+        base["recipe"] = recipe
     return load_config(REPO / "params.yaml", base)
 
 

@@ -2,7 +2,7 @@
 
     modelyard fetch | validate | augment | train | evaluate | register | pipeline
     modelyard train --set train.epochs=3 --set train.mixed_precision=none
-    modelyard pipeline --recipe fashion-transfer      (modelyard recipes | datasets | models list them)
+    modelyard pipeline --recipe fashion-transfer      (`modelyard recipes` and `modelyard datasets` list them)
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _config(params: Path, overrides: list[str] | None, recipe: str | None = None
 
 @app.command()
 def fetch(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Fetch the dataset into data/ (canonical source first, then the Debian package)."""
+    """Fetch the dataset into data/ from the first of its sources that answers (`modelyard datasets`)."""
     from modelyard import stages
 
     typer.echo(stages.fetch(_config(params, set_)))

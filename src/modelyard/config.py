@@ -37,6 +37,13 @@ class DataConfig(_Section):
         None, description="Sources tried in order; null: the dataset's own order (canonical online source first)."
     )
     local_dir: str | None = Field(None, description="The user's copy of the raw files, for the `local` source.")
+    loading: Literal["auto", "resident", "streaming"] = Field(
+        "auto",
+        description="How training data reach the workers. resident: every worker holds the split on its device "
+                    "and augments batches there (fastest for small data); streaming: Ray Data streams each "
+                    "worker its shard in batches; auto: resident up to resident_max_mb of images, else streaming.",
+    )
+    resident_max_mb: int = Field(2048, ge=1, description="Largest training split (MB of uint8 images) kept resident.")
     train_limit: int | None = Field(default=None, gt=0, description="Keep only the first N training images.")
     test_limit: int | None = Field(default=None, gt=0, description="Keep only the first N test images.")
 
@@ -126,6 +133,8 @@ class TrainConfig(_Section):
                     "or AMX), fp32 elsewhere. fp16 (GradScaler) needs a GPU.",
     )
     channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the model (worth it on GPUs for long runs; the first "
+                                             "steps pay the compilation).")
     max_failures: int = Field(2, ge=0)
     seed: int = 42
 

@@ -125,3 +125,27 @@ def test_fine_tuning_moves_the_backbone_at_its_own_learning_rate(ray_session, fm
     assert not result.features_cached and not backbone_matches_imagenet(result.model_dir)
     assert result.final["train/lr"] == pytest.approx(0.002)  # the head's group; the backbone's is a quarter
     assert np.isfinite(result.final["train/loss"])
+
+
+def test_the_streaming_path_feeds_each_worker_its_shard_through_ray_data(ray_session, fm_tiny, tmp_path_factory):
+    # Forced here; `auto` streams splits larger than data.resident_max_mb.
+    cfg, result = run(tmp_path_factory, fm_tiny, data={"loading": "streaming"},
+                      train={"epochs": 3, "batch_size": 64, "num_workers": 2, "warmup_epochs": 0.5})
+    assert result.num_workers == 2 and len(result.history) == 3
+    # Each worker streamed an equal shard: the epoch's samples are the training rows, less the dropped tails.
+    seen = result.history[-1]["train/samples_per_s"] * result.history[-1]["train/epoch_time_s"]
+    train_rows = 1200 - round(1200 * cfg.augment.val_fraction)
+    assert train_rows - 2 * 32 <= round(seen) <= train_rows
+    assert result.final["val/accuracy"] > 0.6
+
+
+def test_auto_loading_keeps_small_splits_resident_and_streams_large_ones():
+    from modelyard.config import PipelineConfig
+    from modelyard.training.distributed import choose_loading
+
+    from types import SimpleNamespace
+
+    small, large = np.zeros((1000, 28, 28), np.uint8), SimpleNamespace(nbytes=3 * 1024**3)  # 3 GiB of images
+    cfg = PipelineConfig()
+    assert choose_loading(cfg, small) == "resident" and choose_loading(cfg, large) == "streaming"
+    assert choose_loading(PipelineConfig(data={"loading": "streaming"}), small) == "streaming"

@@ -94,3 +94,61 @@ def test_an_override_to_null_is_applied_not_skipped(tmp_path):
 def test_a_section_left_empty_by_the_flow_form_keeps_the_file_values():
     base = load_config(REPO / "params.yaml")
     assert base.with_overrides({"train": None, "model": {"width": 8}}).train == base.train
+
+
+def test_a_recipe_applies_over_params_and_overrides_win_over_it():
+    cfg = load_config(REPO / "params.yaml", {"recipe": "fashion-transfer", "train": {"epochs": 3}})
+    assert cfg.recipe == "fashion-transfer" and cfg.model.name == "transfer"
+    assert cfg.model.mode == "feature_extraction" and cfg.train.optimizer == "adamw"
+    assert cfg.train.epochs == 3  # the override, not the recipe's 20
+    assert cfg.model_name == "fashion-mnist-efficientnet-lite0"
+    assert load_config(REPO / "params.yaml", {"recipe": "cifar10-resnet18"}).model_name == "cifar10-resnet18"
+
+
+def test_every_recipe_is_a_valid_configuration():
+    from modelyard.recipes import RECIPE_NAMES
+
+    names = {load_config(REPO / "params.yaml", {"recipe": r}).model_name for r in RECIPE_NAMES}
+    assert {"fashion-mnist-cnn", "fashion-mnist-mlp", "fashion-mnist-efficientnet-lite0", "cifar10-resnet18"} <= names
+
+
+def test_an_unknown_recipe_names_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown recipe 'fashion-gan'; available: fashion-cnn, fashion-mlp"):
+        load_config(REPO / "params.yaml", {"recipe": "fashion-gan"})
+
+
+def test_switching_family_drops_the_old_familys_fields_but_a_foreign_field_is_an_error():
+    cfg = load_config(REPO / "params.yaml", {"model": {"name": "mlp", "hidden": 64}})
+    assert cfg.model.name == "mlp" and cfg.model.hidden == 64 and not hasattr(cfg.model, "width")
+    with pytest.raises(ConfigError, match="hidden"):  # cnn has no `hidden`: not swallowed
+        load_config(REPO / "params.yaml", {"model": {"hidden": 64}})
+    with pytest.raises(ConfigError, match="widht"):
+        load_config(REPO / "params.yaml", {"model": {"widht": 64}})
+
+
+def test_the_cli_takes_a_recipe_among_the_overrides():
+    assert parse_overrides(["recipe=fashion-mlp", "train.epochs=2"]) == {"recipe": "fashion-mlp", "train": {"epochs": 2}}
+
+
+def test_the_prefect_form_offers_the_recipes_and_each_familys_fields():
+    from prefect.utilities.callables import parameter_schema
+
+    from modelyard.recipes import RECIPE_NAMES
+    from pipelines.training import training_pipeline
+
+    schema = parameter_schema(training_pipeline.fn).model_dump()
+    assert schema["properties"]["recipe"]["anyOf"][0]["enum"] == list(RECIPE_NAMES)
+    families = schema["properties"]["model"]["anyOf"][0]["discriminator"]["mapping"]
+    assert set(families) == {"cnn", "mlp", "resnet18", "transfer"}
+    transfer = schema["definitions"]["TransferConfig"]["properties"]
+    assert {"backbone", "mode", "weights", "image_size", "backbone_lr_scale"} <= set(transfer)
+    assert "frozen backbone" in transfer["mode"]["description"]
+
+
+def test_dataset_choices_match_the_registry():
+    from typing import get_args
+
+    from modelyard.config import DataConfig
+    from modelyard.data.datasets import DATASET_NAMES
+
+    assert set(get_args(DataConfig.model_fields["dataset"].annotation)) == set(DATASET_NAMES)

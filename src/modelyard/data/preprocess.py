@@ -68,9 +68,18 @@ class ImagePreprocessor:
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
         if x.shape[1] != c:
             x = x.expand(-1, c, -1, -1)
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        mean, std = self._stats(x.device, x.dtype)
         return (x - mean) / std
+
+    def _stats(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean/std as (1, C, 1, 1) tensors on `device`, made once: building them per batch would copy from
+        the host every step (a synchronising copy on a GPU)."""
+        cache = self.__dict__.setdefault("_stats_cache", {})
+        key = (device, dtype)
+        if key not in cache:
+            cache[key] = (torch.tensor(self.mean, dtype=dtype).view(1, -1, 1, 1).to(device),
+                          torch.tensor(self.std, dtype=dtype).view(1, -1, 1, 1).to(device))
+        return cache[key]
 
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
         """What evaluation and serving feed the model."""

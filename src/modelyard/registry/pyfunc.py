@@ -8,7 +8,8 @@ import mlflow.pyfunc
 
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
-    """Input: uint8 images (N, H, W). Output: a DataFrame with label, index and one score column per class."""
+    """Input: uint8 images shaped like the task's training data ((N, H, W) gray, (N, H, W, C) colour). Output: a
+    DataFrame with label, index and one score column per class."""
 
     def load_context(self, context: Any) -> None:
         from modelyard.inference import Predictor

@@ -155,11 +155,15 @@ def train(
         shutil.rmtree(tmp_out, ignore_errors=True)
         tmp_out.mkdir(parents=True)
         task = prepare_task(cfg, dataset_dir, prepared_dir)
+        streaming = choose_loading(cfg, task.data["images"]) == "streaming"
+        log.info("data: %s (%d training images, %.0f MB)", "streamed by Ray Data" if streaming else "resident on "
+                 "each worker", len(task.data["train_idx"]), task.data["images"].nbytes / 1e6)
         loop_config = {
             "cfg": cfg.model_dump(mode="json", by_alias=True),
             "task": {"spec": asdict(task.spec), "policy": asdict(task.policy)},
             # Data and initial weights travel through the object store: workers on other nodes need no path.
-            "data_ref": ray.put(task.data),
+            "data_ref": None if streaming else ray.put(task.data),
+            "streaming": {"train": len(task.data["train_idx"]), "val": len(task.data["val_idx"])} if streaming else None,
             "init_ref": ray.put(task.init_state),
             "output_dir": str(tmp_out),
             "run_id": run_id,
@@ -169,6 +173,7 @@ def train(
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,
+            datasets=ray_datasets(task.data) if streaming else None,
             scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                          resources_per_worker={"CPU": plan.cpus_per_worker}),
             run_config=RunConfig(
@@ -259,6 +264,25 @@ def prepare_task(cfg: PipelineConfig, dataset_dir: str | os.PathLike[str], prepa
     return Task(spec, prepared.policy, data, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
 
+def choose_loading(cfg: PipelineConfig, images: Any) -> str:
+    """resident or streaming, as configured; auto keeps splits up to data.resident_max_mb resident."""
+    if cfg.data.loading != "auto":
+        return cfg.data.loading
+    return "resident" if images.nbytes <= cfg.data.resident_max_mb * 1024**2 else "streaming"
+
+
+def ray_datasets(data: dict[str, Any]) -> dict[str, Any]:
+    """The train and val rows as Ray Datasets (image tensor column + label), for Ray Train to shard."""
+    import pyarrow as pa
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    def table(rows: Any) -> Any:
+        return pa.table({"image": ArrowTensorArray.from_numpy(data["images"][rows]), "label": data["labels"][rows]})
+
+    return {name: ray.data.from_arrow(table(data[f"{name}_idx"])) for name in ("train", "val")}
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     run_worker(config, _RaySession())
@@ -285,6 +309,9 @@ class _RaySession:
         import ray.train.torch
 
         return ray.train.torch.prepare_model(model)
+
+    def dataset_shard(self, name: str) -> Any:
+        return self._train.get_dataset_shard(name)
 
     def get_checkpoint_state(self, device: torch.device) -> dict[str, Any] | None:
         checkpoint = self._train.get_checkpoint()
@@ -338,16 +365,26 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
 
     spec = ModelSpec(**config["task"]["spec"])
     policy = AugmentPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["task"]["policy"].items()})
-    data = session.get(config["data_ref"])
-    with warnings.catch_warnings():  # arrays from the object store are read-only views; nothing writes to them
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        images = torch.from_numpy(data["images"]).to(device)  # uint8, resident
-        labels = torch.from_numpy(data["labels"]).to(device)
-    train_rows = torch.from_numpy(data["train_idx"])
-    # Every worker gets an equal share, so all run the same number of steps (DDP needs that).
-    per_worker_train = len(train_rows) // world
-    val_idx = torch.from_numpy(data["val_idx"])[rank::world].to(device)
     local_batch = max(1, tc.batch_size // world)
+    streaming = config.get("streaming")
+    if streaming:
+        batches: Any = loop.StreamingBatches(session.dataset_shard("train"), session.dataset_shard("val"),
+                                             spec.preprocessor(), policy, device, seed=tc.seed)
+        # Ray Train splits a dataset equally between workers: every worker runs the same number of steps.
+        per_worker_train = streaming["train"] // world
+        train_rows = torch.arange(streaming["train"])  # placeholders: the shards decide the rows
+        val_idx = torch.arange(0)
+    else:
+        data = session.get(config["data_ref"])
+        with warnings.catch_warnings():  # arrays from the object store are read-only views; nothing writes to them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            images = torch.from_numpy(data["images"]).to(device)  # uint8, resident
+            labels = torch.from_numpy(data["labels"]).to(device)
+        train_rows = torch.from_numpy(data["train_idx"])
+        # Every worker gets an equal share, so all run the same number of steps (DDP needs that).
+        per_worker_train = len(train_rows) // world
+        val_idx = torch.from_numpy(data["val_idx"])[rank::world].to(device)
+        batches = loop.ImageBatches(images, labels, spec.preprocessor(), policy)
 
     model = spec.build()
     model.load_state_dict(session.get(config["init_ref"]))
@@ -355,9 +392,8 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
     precision = loop.Precision(device=device, mode=mode, channels_last=tc.channels_last)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    batches: Any = loop.ImageBatches(images, labels, spec.preprocessor(), policy)
     trained = model  # what the optimiser updates
-    if getattr(model, "frozen", False) and policy.is_identity:
+    if getattr(model, "frozen", False) and policy.is_identity and not streaming:
         # A frozen backbone over unaugmented inputs gives the same features every epoch: compute them once.
         t0 = time.perf_counter()
         rows = torch.cat([train_rows.to(device), val_idx]).unique()
@@ -383,6 +419,8 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
             log.warning("resumed from checkpoint after epoch %d", state["epoch"])
 
     step_model = session.prepare_model(trained)
+    if tc.compile:
+        step_model = torch.compile(step_model)
     tracker = _Rank0Tracker(config, rank)
     tracker.tags({"train.precision": "fp32" if mode == "none" else mode, "train.precision_reason": why,
                   "train.workers": world, "train.threads_per_worker": torch.get_num_threads(),
@@ -441,7 +479,7 @@ class _Rank0Tracker:
         self.writer = None
         self.run_id = config.get("run_id")
         self.tracking_uri = config.get("tracking_uri")
-        if self.active:
+        if self.active and config.get("output_dir"):  # no output dir (a local, untracked run): no events
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(Path(config["output_dir"]) / "tensorboard"))
@@ -449,10 +487,11 @@ class _Rank0Tracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.active:
             return
-        for key, value in metrics.items():
-            if key != "epoch":
-                self.writer.add_scalar(key, value, step)
-        self.writer.flush()
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if key != "epoch":
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
         log.info("epoch %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"))
         if self.run_id and self.tracking_uri:
             from modelyard.registry import log_metrics

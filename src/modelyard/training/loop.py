@@ -306,6 +306,29 @@ class ImageBatches:
             yield self.preprocessor(self.images[idx]), self.labels[idx]
 
 
+class StreamingBatches:
+    """Batches streamed from this worker's Ray Data shards (uint8 image tensor column + label), augmented and
+    preprocessed on the device like resident ones. The shard decides the rows: `indices` are ignored."""
+
+    def __init__(self, train_shard: Any, val_shard: Any, preprocessor: ImagePreprocessor, policy: AugmentPolicy,
+                 device: torch.device, seed: int = 0) -> None:
+        self.train_shard, self.val_shard = train_shard, val_shard
+        self.preprocessor, self.policy, self.device, self.seed = preprocessor, policy, device, seed
+        self.epoch = 0
+
+    def train(self, indices: torch.Tensor, batch_size: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.epoch += 1
+        for batch in self.train_shard.iter_torch_batches(
+            batch_size=batch_size, drop_last=True, device=self.device,
+            local_shuffle_buffer_size=max(4 * batch_size, 1000), local_shuffle_seed=self.seed * 1000 + self.epoch,
+        ):
+            yield self.preprocessor.train_batch(batch["image"], self.policy, gen), batch["label"]
+
+    def eval(self, indices: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.val_shard.iter_torch_batches(batch_size=batch_size, device=self.device):
+            yield self.preprocessor(batch["image"]), batch["label"]
+
+
 class TensorBatches:
     """Precomputed inputs (e.g. a frozen backbone's features), indexed by the same row numbers as the data."""
 
