@@ -28,10 +28,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "train": {"epochs": 15, "learning_rate": 0.05, "channels_last": False},
     },
     "fashion-gpu": {
-        "description": "Fashion-MNIST on one GPU: a wider CNN, large batches, 40 epochs",
+        "description": "Fashion-MNIST on one GPU: torchvision ResNet-18 (CIFAR stem) from scratch, batch 512, "
+                       "30 epochs (95.4% in 30 s on an H200)",
         "data": {"dataset": "fashion_mnist"},
-        "model": {"name": "cnn", "width": 64, "dropout": 0.1},
-        "train": {"epochs": 40, "batch_size": 512, "learning_rate": 0.2, "warmup_epochs": 2, "use_gpu": "true"},
+        "model": {"name": "resnet18", "stem": "cifar"},
+        "train": {"epochs": 30, "batch_size": 512, "learning_rate": 0.2, "warmup_epochs": 2, "use_gpu": "true"},
     },
     "cifar10-resnet18": {
         "description": "CIFAR-10, torchvision ResNet-18 with a CIFAR stem from scratch, crop + flip, SGD + cosine",

@@ -91,3 +91,14 @@ def test_push_to_the_local_remote(clone):
     assert len(remote_files) >= 5
     status = run(["dvc", "status", "--cloud"], repo, env)
     assert "up to date" in status.stdout.lower() or "in sync" in status.stdout.lower()
+
+
+def test_exp_run_with_a_recipe_trains_and_registers_that_task(clone):
+    repo, env = clone
+    run(["dvc", "exp", "run", "-S", "recipe=fashion-mlp"], repo, env)
+    registration = json.loads((repo / "artifacts/register/registration.json").read_text())
+    assert registration["name"] == "fashion-mnist-mlp" and registration["alias"] == "champion"
+    model = json.loads((repo / "artifacts/train/model/model.json").read_text())
+    assert model["family"] == "mlp"
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
+    assert "fashion-mlp" in json.dumps(shown)  # the experiment records the recipe among its params

@@ -140,10 +140,10 @@ def test_the_streaming_path_feeds_each_worker_its_shard_through_ray_data(ray_ses
 
 
 def test_auto_loading_keeps_small_splits_resident_and_streams_large_ones():
+    from types import SimpleNamespace
+
     from modelyard.config import PipelineConfig
     from modelyard.training.distributed import choose_loading
-
-    from types import SimpleNamespace
 
     small, large = np.zeros((1000, 28, 28), np.uint8), SimpleNamespace(nbytes=3 * 1024**3)  # 3 GiB of images
     cfg = PipelineConfig()
