@@ -149,3 +149,16 @@ def test_auto_loading_keeps_small_splits_resident_and_streams_large_ones():
     cfg = PipelineConfig()
     assert choose_loading(cfg, small) == "resident" and choose_loading(cfg, large) == "streaming"
     assert choose_loading(PipelineConfig(data={"loading": "streaming"}), small) == "streaming"
+
+
+def test_the_initial_weights_follow_the_seed(fm_tiny, tmp_path):
+    from conftest import small_config
+
+    from modelyard.training.distributed import prepare_task
+
+    cfg = small_config(tmp_path, fm_tiny.parent)
+    prepared = prepare_splits(fm_tiny, cfg.augment)
+    a, b = prepare_task(cfg, fm_tiny, prepared), prepare_task(cfg, fm_tiny, prepared)
+    other = prepare_task(cfg.with_overrides({"train": {"seed": 7}}), fm_tiny, prepared)
+    assert all(torch.equal(a.init_state[k], b.init_state[k]) for k in a.init_state)
+    assert not all(torch.equal(a.init_state[k], other.init_state[k]) for k in a.init_state)

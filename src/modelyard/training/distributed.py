@@ -257,6 +257,7 @@ def prepare_task(cfg: PipelineConfig, dataset_dir: str | os.PathLike[str], prepa
         extra={"dataset": meta["name"], "dataset_sha256": meta["splits"]["train"]["sha256"],
                "config": family.model_dump(mode="json")},
     )
+    torch.manual_seed(cfg.train.seed)  # the initial weights are a function of the seed, as the run's record says
     model = spec.build()
     family.prepare(model)  # pretrained weights, frozen layers
     data = {"images": train_split.images, "labels": train_split.labels,
