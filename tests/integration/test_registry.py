@@ -99,7 +99,6 @@ sys.path_importer_cache.clear()
 assert importlib.util.find_spec("modelyard") is None, "the project is still importable"
 import numpy as np
 import mlflow.pyfunc
-from modelyard.data.preprocess import ImagePreprocessor
 mlflow.set_tracking_uri(sys.argv[2]); mlflow.set_registry_uri(sys.argv[2])
 model = mlflow.pyfunc.load_model(sys.argv[3])
 out = model.predict(np.load(sys.argv[4]))

@@ -58,9 +58,9 @@ def run(tmp_path_factory, dataset_dir, **sections):
     from modelyard.training.distributed import train
 
     tmp = tmp_path_factory.mktemp("run")
-    sections.setdefault("train", {})
-    sections["train"] = {"num_workers": 1, **sections["train"]}
-    cfg = small_config(tmp, Path(dataset_dir).parent, data={"dataset": read_metadata(dataset_dir)["name"]}, **sections)
+    sections["train"] = {"num_workers": 1, **sections.get("train", {})}
+    sections["data"] = {"dataset": read_metadata(dataset_dir)["name"], **sections.get("data", {})}
+    cfg = small_config(tmp, Path(dataset_dir).parent, **sections)
     prepared = prepare_splits(dataset_dir, cfg.augment)
     return cfg, train(cfg, dataset_dir, prepared)
 
