@@ -43,10 +43,10 @@ data: setup  ## fetch Fashion-MNIST into data/ (reuses what is there) and export
 up: setup  ## start Prefect server, MLflow server, Ray head and the deployment runner
 	@infra/stack.sh up
 
-run: data up  ## everything: install, fetch, start the stack, run the pipeline once, serve the champion
+run: data up  ## everything: install, fetch, start the stack, run the pipeline once (RECIPE=name to pick one), serve
 	@source infra/env.sh
 	echo "==> running the training-pipeline deployment (follow it in the Prefect UI too)"
-	$(BIN)/python -m pipelines.trigger --worker-log "$$RUN_DIR/logs/runner.log"
+	$(BIN)/python -m pipelines.trigger --worker-log "$$RUN_DIR/logs/runner.log" $(if $(RECIPE),--recipe $(RECIPE))
 	SERVE_PORT=$$($(BIN)/python -c 'from modelyard.config import load_config; print(load_config("'"$$MODELYARD_PARAMS"'").serve.port)')
 	echo
 	echo "  Prefect UI      http://127.0.0.1:$$PREFECT_PORT"

@@ -62,8 +62,10 @@ async def follow(flow_run_id, worker_log: Path | None = None, poll_s: float = 3.
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker-log", type=Path, help="log of the deployment runner, for the epoch lines")
+    parser.add_argument("--recipe", help="a named recipe (`modelyard recipes`), sent as the form's recipe field")
     args = parser.parse_args()
-    flow_run = run_deployment(DEPLOYMENT, timeout=0)  # returns at once; we follow it below
+    parameters = {"recipe": args.recipe} if args.recipe else None
+    flow_run = run_deployment(DEPLOYMENT, parameters=parameters, timeout=0)  # returns at once; followed below
     print(f"flow run {flow_run.name} ({flow_run.id}) started from {DEPLOYMENT}", flush=True)
     state = asyncio.run(follow(flow_run.id, args.worker_log))
     return 0 if state == "COMPLETED" else 1
