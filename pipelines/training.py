@@ -26,6 +26,25 @@ from tasks.stages import (
 )
 
 
+def changed_from_params(sections: dict[str, Any], params_path: str) -> dict[str, Any]:
+    """Only the values that differ from params.yaml: the deployment's form is prefilled with params.yaml, so
+    an untouched field must not override the recipe (a recipe picked in the form would otherwise be undone
+    by the prefilled sections). A model section naming another family counts as changed as a whole."""
+    base = load_config(params_path).model_dump(mode="json", by_alias=True)
+    changed: dict[str, Any] = {}
+    for name, section in sections.items():
+        if section is None:
+            continue
+        values = section.model_dump(mode="json", by_alias=True) if hasattr(section, "model_dump") else dict(section)
+        if name == "model" and values.get("name") != base["model"]["name"]:
+            changed[name] = values
+            continue
+        diff = {k: v for k, v in values.items() if base[name].get(k) != v}
+        if diff:
+            changed[name] = diff
+    return changed
+
+
 @flow(name="training-pipeline", description=__doc__)
 def training_pipeline(
     recipe: Literal[RECIPE_NAMES] | None = None,  # type: ignore[valid-type]
@@ -39,9 +58,8 @@ def training_pipeline(
 ) -> dict[str, Any]:
     configure_environment()
     logging.getLogger("modelyard").setLevel(logging.INFO)  # its progress lines go to the flow run's log
-    cfg = load_config(params_path, {"recipe": recipe}).with_overrides(
-        {"model": model, "train": train, "data": data, "augment": augment, "registry": registry}
-    )
+    sections = {"model": model, "train": train, "data": data, "augment": augment, "registry": registry}
+    cfg = load_config(params_path, {"recipe": recipe}).with_overrides(changed_from_params(sections, params_path))
     fetch_task(cfg)
     validate_task(cfg)
     augment_task(cfg)

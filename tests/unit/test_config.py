@@ -152,3 +152,18 @@ def test_dataset_choices_match_the_registry():
     from modelyard.data.datasets import DATASET_NAMES
 
     assert set(get_args(DataConfig.model_fields["dataset"].annotation)) == set(DATASET_NAMES)
+
+
+def test_the_flow_lets_a_recipe_through_the_prefilled_form_and_keeps_what_was_edited():
+    from pipelines.training import changed_from_params
+
+    params = str(REPO / "params.yaml")
+    prefilled = load_config(params).model_dump(mode="json", by_alias=True)  # what the deployment's form holds
+    sections = {k: prefilled[k] for k in ("model", "train", "data", "augment", "registry")}
+    assert changed_from_params(sections, params) == {}  # untouched: the recipe decides
+    sections["train"] = {**sections["train"], "epochs": 3}
+    assert changed_from_params(sections, params) == {"train": {"epochs": 3}}
+    cfg = load_config(params, {"recipe": "fashion-mlp"}).with_overrides(changed_from_params(sections, params))
+    assert cfg.model.name == "mlp" and cfg.train.epochs == 3 and cfg.train.learning_rate == 0.05
+    sections["model"] = {"name": "transfer", "mode": "fine_tuning"}
+    assert changed_from_params(sections, params)["model"] == {"name": "transfer", "mode": "fine_tuning"}
