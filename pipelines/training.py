@@ -12,7 +12,15 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from modelyard.config import AugmentConfig, DataConfig, ModelConfig, RegistryConfig, TrainConfig, load_config
+from modelyard.config import (
+    AugmentConfig,
+    DataConfig,
+    ModelConfig,
+    RegistryConfig,
+    TrainConfig,
+    changed_from_params,
+    load_config,
+)
 from modelyard.recipes import RECIPE_NAMES
 from modelyard.runtime import configure_environment
 from tasks.stages import (
@@ -24,25 +32,6 @@ from tasks.stages import (
     train_task,
     validate_task,
 )
-
-
-def changed_from_params(sections: dict[str, Any], params_path: str) -> dict[str, Any]:
-    """Only the values that differ from params.yaml: the deployment's form is prefilled with params.yaml, so
-    an untouched field must not override the recipe (a recipe picked in the form would otherwise be undone
-    by the prefilled sections). A model section naming another family counts as changed as a whole."""
-    base = load_config(params_path).model_dump(mode="json", by_alias=True)
-    changed: dict[str, Any] = {}
-    for name, section in sections.items():
-        if section is None:
-            continue
-        values = section.model_dump(mode="json", by_alias=True) if hasattr(section, "model_dump") else dict(section)
-        if name == "model" and values.get("name") != base["model"]["name"]:
-            changed[name] = values
-            continue
-        diff = {k: v for k, v in values.items() if base[name].get(k) != v}
-        if diff:
-            changed[name] = diff
-    return changed
 
 
 @flow(name="training-pipeline", description=__doc__)

@@ -307,3 +307,22 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, *
         return PipelineConfig.model_validate(raw).with_overrides(overrides)
     except ValueError as exc:
         raise ConfigError(f"invalid parameters in {where}: {exc}") from exc
+
+
+def changed_from_params(sections: dict[str, Any], params_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Only the values that differ from params.yaml: the deployment's form is prefilled with params.yaml, so
+    an untouched field must not override the recipe (a recipe picked in the form would otherwise be undone
+    by the prefilled sections). A model section naming another family counts as changed as a whole."""
+    base = load_config(params_path).model_dump(mode="json", by_alias=True)
+    changed: dict[str, Any] = {}
+    for name, section in sections.items():
+        if section is None:
+            continue
+        values = section.model_dump(mode="json", by_alias=True) if hasattr(section, "model_dump") else dict(section)
+        if name == "model" and values.get("name") != base["model"]["name"]:
+            changed[name] = values
+            continue
+        diff = {k: v for k, v in values.items() if base[name].get(k) != v}
+        if diff:
+            changed[name] = diff
+    return changed

@@ -155,7 +155,7 @@ def test_dataset_choices_match_the_registry():
 
 
 def test_the_flow_lets_a_recipe_through_the_prefilled_form_and_keeps_what_was_edited():
-    from pipelines.training import changed_from_params
+    from modelyard.config import changed_from_params
 
     params = str(REPO / "params.yaml")
     prefilled = load_config(params).model_dump(mode="json", by_alias=True)  # what the deployment's form holds
