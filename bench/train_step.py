@@ -1,7 +1,7 @@
 """modelyard's training step against the same work written inline in plain PyTorch, for every model family,
-in one process, on real Fashion-MNIST images.
+in one process, on real data (Fashion-MNIST images; Rotten Tomatoes sentences for the text families).
 
-    python -m bench.train_step [--family cnn mlp resnet18 transfer-ft transfer-fe] [--precision auto]
+    python -m bench.train_step [--family cnn mlp resnet18 transfer-ft transfer-fe bert lstm] [--precision auto]
                                [--threads 2] [--device cpu|cuda] [--chunks N] [--batch B]
 
 modelyard's side is the code training runs: the family's model built from its typed config, the fitted
@@ -11,6 +11,11 @@ epoch runs them. The plain side writes the same computation out: gather, crop + 
 forward, loss, backward, step. Each timed call is a chunk of steps; the two kinds alternate chunk by chunk,
 and samples/s come from the median chunk. Prints the ratio (modelyard / plain) per family; the target is at
 least 0.97. Absolute numbers depend on the machine; only the ratio is comparable across machines.
+
+Text: modelyard's side is `TextBatches` (token ids resident on the device, each batch cut to its longest
+text) and `loop.train_epoch` with the recipe's clipping; the plain side is plain PyTorch + Transformers
+(`AutoModelForSequenceClassification` called on input_ids/attention_mask, `.logits`, clip, AdamW) over the
+same token ids, padded the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ FAMILIES = {
     "resnet18": ("fashion-cnn", {"name": "resnet18", "stem": "cifar"}, 2, 6, 32),
     "transfer-ft": ("fashion-transfer-finetune", {}, 2, 6, 32),
     "transfer-fe": ("fashion-transfer", {}, 4, 6, 32),  # frozen backbone, features not cached (augmented inputs)
+}
+TEXT_FAMILIES = {
+    "bert": ("rt-bert", 2, 6, 32),
+    "lstm": ("rt-lstm", 10, 8, 64),
 }
 
 
@@ -139,9 +148,65 @@ def bench_family(family: str, images, labels, dev, precision_mode: str, chunks: 
     return rates, mode, why, chunk * chunks, batch
 
 
+def bench_text_family(family: str, texts: list[str], text_labels, dev, precision_mode: str, chunks: int | None,
+                      batch: int | None, sync):
+    from modelyard.data.augment import TextAugmentPolicy
+
+    recipe, chunk, default_chunks, default_batch = TEXT_FAMILIES[family]
+    chunks, batch = chunks or default_chunks, batch or default_batch
+    cfg = load_config("params.yaml", {"recipe": recipe})
+    fam, tc = cfg.model, cfg.train
+    pre = fam.text_preprocessor()
+    ids_np, lengths_np, _ = pre.tokenize(texts)
+    ids, lengths = torch.from_numpy(ids_np).to(dev), torch.from_numpy(lengths_np).to(dev)
+    labels = torch.from_numpy(text_labels).to(dev)
+    mode, why = loop.resolve_precision(precision_mode, dev)
+    precision = loop.Precision(device=dev, mode=mode)
+    spec_args = fam.builder_args(None, 2)
+    clip = tc.grad_clip_norm
+
+    def make_step(kind: str):
+        torch.manual_seed(0)
+        model = build_model(fam.name, **spec_args)
+        # plain Transformers: the Hugging Face model itself, called as its users call it
+        plain_model = model.model if family == "bert" else model
+        plain_model.to(dev).train()
+        groups = fam.param_groups(model)
+        opt = loop.build_optimizer(groups, tc.learning_rate, tc.momentum, tc.weight_decay, tc.optimizer)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        batches = loop.TextBatches(ids, lengths, labels, TextAugmentPolicy(), pre.special_ids(), pre.pad_id)
+
+        def run_chunk() -> None:
+            rows = torch.randint(0, len(labels), (chunk * batch,), generator=gen, device=dev)
+            if kind == "plain":
+                for start in range(0, len(rows), batch):
+                    idx = rows[start:start + batch]
+                    longest = int(lengths[idx].max())
+                    input_ids = ids[idx, :longest].long()
+                    mask = (torch.arange(longest, device=dev)[None, :] < lengths[idx, None]).long()
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
+                        out = plain_model(input_ids=input_ids, attention_mask=mask)
+                        loss = F.cross_entropy(getattr(out, "logits", out), labels[idx])
+                    loss.backward()
+                    if clip:
+                        torch.nn.utils.clip_grad_norm_(plain_model.parameters(), clip)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+            else:
+                loop.train_epoch(model, batches.train(rows, batch, gen), optimizer=opt, scheduler=None,
+                                 precision=precision, label_smoothing=tc.label_smoothing, clip_norm=clip)
+
+        return run_chunk
+
+    rates = measure_interleaved({"plain": make_step("plain"), "modelyard": make_step("modelyard")}, chunks,
+                                chunk * batch, sync)
+    return rates, mode, why, chunk * chunks, batch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
+    parser.add_argument("--family", nargs="+", choices=[*FAMILIES, *TEXT_FAMILIES],
+                        default=[*FAMILIES, *TEXT_FAMILIES])
     parser.add_argument("--chunks", type=int, default=None, help="timed chunks of steps per kind (default: per family)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: per family)")
     parser.add_argument("--precision", choices=["auto", "bf16", "none"], default="auto",
@@ -155,13 +220,21 @@ def main() -> None:
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
-    train = load_split(fetch_dataset(DataConfig(data_dir=args.data_dir)), "train")
-    images, labels = torch.from_numpy(train.images).to(dev), torch.from_numpy(train.labels).to(dev)
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {args.threads} threads"
     print(f"{where}; samples/s, median step, plain PyTorch vs modelyard alternating")
+    images = labels = sentences = None
     for family in args.family:
-        rates, mode, why, steps, batch = bench_family(family, images, labels, dev, args.precision, args.chunks,
-                                                      args.batch, sync)
+        if family in TEXT_FAMILIES:
+            if sentences is None:
+                sentences = load_split(fetch_dataset(DataConfig(dataset="rt_polarity", data_dir=args.data_dir)), "train")
+            rates, mode, why, steps, batch = bench_text_family(family, sentences.texts, sentences.labels, dev,
+                                                               args.precision, args.chunks, args.batch, sync)
+        else:
+            if images is None:
+                train = load_split(fetch_dataset(DataConfig(data_dir=args.data_dir)), "train")
+                images, labels = torch.from_numpy(train.images).to(dev), torch.from_numpy(train.labels).to(dev)
+            rates, mode, why, steps, batch = bench_family(family, images, labels, dev, args.precision, args.chunks,
+                                                          args.batch, sync)
         plain, ours = rates["plain"], rates["modelyard"]
         print(f"  {family:<12} batch={batch:<4} steps={steps:<4} precision={mode:<5} plain {plain:8.0f}  "
               f"modelyard {ours:8.0f}  ratio {ours / plain:.3f}", flush=True)

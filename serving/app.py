@@ -1,6 +1,8 @@
 """The Ray Serve application: a FastAPI ingress over the promoted model, batched, on N replicas.
 
-    POST /predict   multipart form with an image in `file` -> {"label", "index", "scores", "model"}
+    POST /predict   image models: multipart form with an image in `file` -> {"label", "index", "scores", "model"}
+                    text models: JSON {"text": "..."} -> {"label", "index", "scores", "truncated", "model"}
+                                 or {"texts": [...]} -> {"predictions": [...], "model"}
     GET  /health    {"status": "ok", "model": {...}}
     GET  /model     name, version, alias, run id and test metrics of the model being served
 
@@ -11,6 +13,7 @@ maps HTTP to them. Bad input gets a 4xx JSON body {"error": <code>, "detail": <m
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -37,7 +40,27 @@ STATUS_BY_CODE = {
     "missing_file": 422,
     "body_too_large": 413,
     "bad_form": 400,
+    "not_json": 415,
+    "bad_json": 400,
+    "bad_encoding": 400,
+    "missing_text": 422,
+    "bad_type": 422,
+    "not_a_string": 422,
+    "empty_text": 422,
+    "text_too_long": 413,
+    "too_many_texts": 413,
 }
+MAX_TEXTS_PER_REQUEST = 64
+TEXT_SCHEMA = {"type": "string", "minLength": 1, "pattern": r"\S"}
+PREDICT_BODY = {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "application/json": {"schema": {"oneOf": [
+        {"type": "object", "required": ["text"], "properties": {"text": TEXT_SCHEMA}},
+        {"type": "object", "required": ["texts"], "properties": {"texts": {
+            "type": "array", "items": TEXT_SCHEMA, "minItems": 1, "maxItems": MAX_TEXTS_PER_REQUEST}}},
+    ]}},
+}}
 
 
 @dataclass(frozen=True)
@@ -103,9 +126,11 @@ class ModelServer:
         log.info("serving %s v%s", s.model_name, mv.version)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _predict_batch(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+    async def _predict_batch(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """A batch of decoded images, or of texts, from concurrent requests: one forward pass."""
         predictor = self.predictor
-        predictions = await asyncio.to_thread(predictor.predict, np.stack(images))
+        batch = list(inputs) if predictor.modality == "text" else np.stack(inputs)
+        predictions = await asyncio.to_thread(predictor.predict, batch)
         return [p.to_dict() for p in predictions]
 
     @api.get("/health")
@@ -117,17 +142,14 @@ class ModelServer:
     async def model(self) -> dict[str, Any]:
         return self.info
 
-    @api.post(
-        "/predict",
-        openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["file"],
-            "properties": {"file": {"type": "string", "format": "binary"}}}}}, "required": True}},
-    )
+    @api.post("/predict", openapi_extra={"requestBody": PREDICT_BODY})
     async def predict(self, request: Request) -> Any:
         limit = self.settings.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
             return error("body_too_large", f"request body is {int(declared)} bytes; the limit is {limit} bytes")
+        if self.predictor is not None and self.predictor.modality == "text":
+            return await self._predict_text(request, limit)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return error("not_multipart", "send the image as multipart/form-data in a field named 'file'")
         try:
@@ -150,6 +172,40 @@ class ModelServer:
             return error(exc.code, exc.message)
         result = await self._predict_batch(image)
         return {**result, "model": {"name": self.info["name"], "version": self.info["version"]}}
+
+    async def _predict_text(self, request: Request, limit: int) -> Any:
+        """JSON {"text": str} or {"texts": [str, ...]}; every text goes through the shared batcher."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return error("not_json", 'this model reads text: send JSON {"text": "..."} with content-type '
+                                     f"application/json (got {content_type or 'none'})")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return error("body_too_large", f"request body is over the {limit}-byte limit")
+        try:
+            doc = json.loads(bytes(body).decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            return error("bad_encoding", f"the body is not valid UTF-8: {exc.reason} at byte {exc.start}")
+        except ValueError as exc:
+            return error("bad_json", f"the body is not valid JSON: {exc}")
+        if not isinstance(doc, dict) or ("text" in doc) == ("texts" in doc):
+            return error("missing_text", 'send an object with either "text" (a string) or "texts" (a list)')
+        many = "texts" in doc
+        texts = doc["texts"] if many else [doc["text"]]
+        if many and not isinstance(texts, list):
+            return error("bad_type", f'"texts" must be a list of strings, got {type(texts).__name__}')
+        if many and not 1 <= len(texts) <= MAX_TEXTS_PER_REQUEST:
+            code = "too_many_texts" if texts else "missing_text"
+            return error(code, f'"texts" holds {len(texts)} texts; send 1 to {MAX_TEXTS_PER_REQUEST}')
+        try:
+            texts = self.predictor.check_batch(texts)
+        except InvalidInputError as exc:
+            return error(exc.code, exc.message)
+        results = await asyncio.gather(*(self._predict_batch(text) for text in texts))
+        model = {"name": self.info["name"], "version": self.info["version"]}
+        return {"predictions": list(results), "model": model} if many else {**results[0], "model": model}
 
 
 def build_app(settings: ServerSettings, version: str, *, replicas: int = 2, replica_cpus: float = 0.0):

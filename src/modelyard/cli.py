@@ -171,8 +171,8 @@ def datasets() -> None:
 
     for name in DATASET_NAMES:
         spec = get_dataset(name)
-        h, w, c = spec.image_shape
-        typer.echo(f"{name:14} {spec.modality} {h}x{w}x{c}, {len(spec.classes)} classes, sources "
+        shape = "x".join(map(str, spec.image_shape)) if spec.image_shape else "texts"
+        typer.echo(f"{name:14} {spec.modality} {shape}, {len(spec.classes)} classes, sources "
                    f"{' > '.join(spec.sources)}; augment {spec.augment}; {spec.description}")
 
 

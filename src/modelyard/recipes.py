@@ -13,6 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 _NO_AUGMENT = {"crop_padding": 0, "hflip_prob": 0.0, "erasing_prob": 0.0}
+# Fine-tuning a pretrained Transformer (and training a small RNN): AdamW, a short warm-up, linear decay.
+_FINE_TUNE = {"optimizer": "adamw", "weight_decay": 0.01, "schedule": "linear", "warmup_epochs": 0.1,
+              "grad_clip_norm": 1.0, "label_smoothing": 0.0, "channels_last": False}
 
 RECIPES: dict[str, dict[str, Any]] = {
     "fashion-cnn": {
@@ -59,6 +62,26 @@ RECIPES: dict[str, dict[str, Any]] = {
         "augment": {"crop_padding": 2, "hflip_prob": 0.5, "erasing_prob": 0.0},
         "train": {"optimizer": "adamw", "learning_rate": 0.002, "weight_decay": 0.01, "epochs": 5,
                   "batch_size": 128, "warmup_epochs": 0.5, "grad_clip_norm": 1.0, "label_smoothing": 0.1},
+    },
+    "rt-bert": {
+        "description": "Rotten Tomatoes polarity, all-MiniLM-L6-v2 (BERT, 22.7M) fine-tuned with Transformers: "
+                       "AdamW, warm-up + linear decay, clipping",
+        "data": {"dataset": "rt_polarity"},
+        "model": {"name": "bert", "pretrained": "all-MiniLM-L6-v2", "max_length": 64},
+        "train": _FINE_TUNE | {"epochs": 3, "batch_size": 32, "learning_rate": 1e-4},
+    },
+    "rt-lstm": {
+        "description": "Rotten Tomatoes polarity, bidirectional LSTM from scratch over the same tokenizer's ids: "
+                       "the baseline",
+        "data": {"dataset": "rt_polarity"},
+        "model": {"name": "lstm", "max_length": 64, "embedding_dim": 128, "hidden": 128},
+        "train": _FINE_TUNE | {"epochs": 8, "batch_size": 64, "learning_rate": 2e-3, "weight_decay": 1e-4},
+    },
+    "bbc-bert": {
+        "description": "BBC News topics, all-MiniLM-L6-v2 fine-tuned on each article's first 256 tokens",
+        "data": {"dataset": "bbc_news"},
+        "model": {"name": "bert", "pretrained": "all-MiniLM-L6-v2", "max_length": 256},
+        "train": _FINE_TUNE | {"epochs": 4, "batch_size": 16, "learning_rate": 1e-4},
     },
 }
 RECIPE_NAMES = tuple(RECIPES)

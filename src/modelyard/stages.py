@@ -121,9 +121,10 @@ def register(cfg: PipelineConfig) -> dict[str, Any]:
 
 def _register(cfg: PipelineConfig) -> dict[str, Any]:
     import numpy as np
+    import pandas as pd
 
     from modelyard import registry
-    from modelyard.data.dataset import load_split
+    from modelyard.data.dataset import TextSplit, load_split
     from modelyard.evaluation.evaluate import score_model_dir
     from modelyard.lineage import collect_lineage
 
@@ -149,9 +150,10 @@ def _register(cfg: PipelineConfig) -> dict[str, Any]:
     registry.log_artifacts(tracking_uri, run_id, cfg.validate_.report_dir, "validation")
 
     test = load_split(cfg.data.dataset_dir, "test")
+    example = pd.DataFrame({"text": test.texts[:2]}) if isinstance(test, TextSplit) else np.ascontiguousarray(test.images[:2])
     version = registry.log_model(
         tracking_uri, run_id, train_dir / "model", cfg.model_name,
-        input_example=np.ascontiguousarray(test.images[:2]), pip_requirements=_pip_requirements(cfg.model.name),
+        input_example=example, pip_requirements=_pip_requirements(cfg.model.name),
     )
     registry.set_version_tags(tracking_uri, cfg.model_name, version, lineage)
     decision = registry.promote_if_better(
@@ -182,7 +184,7 @@ def _read_json(path: Path, hint: str) -> dict[str, Any]:
 # What the registered model imports when loaded (modelyard's own code travels with it; see registry.log_model).
 MODEL_RUNTIME_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pillow", "pydantic", "pyyaml", "mlflow")
 # and what a family needs beside them
-FAMILY_PACKAGES = {"transfer": ("timm",)}
+FAMILY_PACKAGES = {"transfer": ("timm",), "bert": ("transformers", "tokenizers"), "lstm": ("tokenizers",)}
 
 
 def _pip_requirements(family: str = "") -> list[str]:

@@ -139,10 +139,28 @@ def test_the_prefect_form_offers_the_recipes_and_each_familys_fields():
     schema = parameter_schema(training_pipeline.fn).model_dump()
     assert schema["properties"]["recipe"]["anyOf"][0]["enum"] == list(RECIPE_NAMES)
     families = schema["properties"]["model"]["anyOf"][0]["discriminator"]["mapping"]
-    assert set(families) == {"cnn", "mlp", "resnet18", "transfer"}
+    assert set(families) == {"cnn", "mlp", "resnet18", "transfer", "bert", "lstm"}
     transfer = schema["definitions"]["TransferConfig"]["properties"]
     assert {"backbone", "mode", "weights", "image_size", "backbone_lr_scale"} <= set(transfer)
     assert "frozen backbone" in transfer["mode"]["description"]
+    bert = schema["definitions"]["BertConfig"]["properties"]
+    assert {"pretrained", "max_length", "backbone_lr_scale"} <= set(bert)
+    assert "all-MiniLM-L6-v2" in bert["pretrained"]["description"]
+
+
+def test_a_text_model_on_an_image_dataset_is_refused_before_training(tmp_path, test_sample, class_names):
+    from modelyard.data.augment import prepare_splits
+    from modelyard.data.dataset import write_dataset
+    from modelyard.training.distributed import prepare_task
+
+    data = write_dataset(tmp_path / "fashion_mnist", {"train": test_sample, "test": test_sample}, class_names,
+                         source="fixture", name="fashion_mnist")
+    cfg = load_config(REPO / "params.yaml", {"model": {"name": "lstm"},
+                                             "augment": {"prepared_dir": str(tmp_path / "prepared")}})
+    assert cfg.model_name == "fashion-mnist-lstm"
+    prepared = prepare_splits(data, cfg.augment)
+    with pytest.raises(ValueError, match="model.name=lstm is a text model but fashion_mnist holds image data"):
+        prepare_task(cfg, data, prepared)
 
 
 def test_dataset_choices_match_the_registry():

@@ -50,15 +50,39 @@ class AugmentPolicy:
 
 
 @dataclass(frozen=True)
+class TextAugmentPolicy:
+    """Token-level augmentation of training batches (special tokens are never touched)."""
+
+    token_delete_prob: float = 0.0
+    token_swap_prob: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, dataset: str) -> TextAugmentPolicy:
+        defaults = get_dataset(dataset).augment
+        return cls(**{k: getattr(cfg, k) if getattr(cfg, k) is not None else defaults.get(k, getattr(cls, k))
+                      for k in ("token_delete_prob", "token_swap_prob")})
+
+    @property
+    def is_identity(self) -> bool:
+        return self.token_delete_prob == 0 and self.token_swap_prob == 0
+
+
+def policy_from_dict(doc: dict) -> AugmentPolicy | TextAugmentPolicy:
+    if "token_delete_prob" in doc:
+        return TextAugmentPolicy(**doc)
+    return AugmentPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+
+
+@dataclass(frozen=True)
 class Prepared:
-    """What training needs besides the images: which rows are train/val, and how to normalise."""
+    """What training needs besides the data: which rows are train/val, and how to normalise (images)."""
 
     dataset: str
     train_indices: np.ndarray
     val_indices: np.ndarray
-    mean: list[float]  # per channel, of pixels in [0, 1]
+    mean: list[float]  # per channel, of pixels in [0, 1]; empty for text
     std: list[float]
-    policy: AugmentPolicy
+    policy: AugmentPolicy | TextAugmentPolicy
     seed: int
 
 
@@ -68,8 +92,12 @@ def prepare_splits(dataset_dir: str | os.PathLike[str], cfg: AugmentConfig) -> P
     meta = read_metadata(dataset_dir)
     train = load_split(dataset_dir, "train")
     train_idx, val_idx = stratified_split(train.labels, cfg.val_fraction, cfg.seed)
-    mean, std = fit_normalization(train.images[train_idx])
-    policy = AugmentPolicy.from_config(cfg, meta["name"])
+    if meta.get("modality") == "text":
+        mean, std = [], []
+        policy: AugmentPolicy | TextAugmentPolicy = TextAugmentPolicy.from_config(cfg, meta["name"])
+    else:
+        mean, std = fit_normalization(train.images[train_idx])
+        policy = AugmentPolicy.from_config(cfg, meta["name"])
     out_dir = Path(cfg.prepared_dir) / meta["name"]
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(out_dir / "split.npz", train=train_idx, val=val_idx)
@@ -111,20 +139,13 @@ def load_prepared(prepared_dir: str | os.PathLike[str]) -> Prepared:
     doc = json.loads((prepared_dir / "prepared.json").read_text())
     with np.load(prepared_dir / "split.npz") as npz:
         train_idx, val_idx = npz["train"], npz["val"]
-    policy = doc["policy"]
     return Prepared(
         dataset=doc["dataset"],
         train_indices=train_idx,
         val_indices=val_idx,
         mean=_per_channel(doc["normalization"]["mean"]),
         std=_per_channel(doc["normalization"]["std"]),
-        policy=AugmentPolicy(
-            crop_padding=policy["crop_padding"],
-            hflip_prob=policy["hflip_prob"],
-            erasing_prob=policy["erasing_prob"],
-            erasing_scale=tuple(policy["erasing_scale"]),
-            erasing_ratio=tuple(policy["erasing_ratio"]),
-        ),
+        policy=policy_from_dict(doc["policy"]),
         seed=doc["seed"],
     )
 

@@ -21,18 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from modelyard.data.augment import AugmentPolicy, random_crop, random_erasing, random_hflip
+from modelyard.data.errors import InvalidInputError
+
+__all__ = ["InvalidInputError", "ImagePreprocessor", "image_shape"]
 
 MIN_IMAGE_SIDE = 8  # below this an upload holds too little to classify
 MAX_IMAGE_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding them
-
-
-class InvalidInputError(ValueError):
-    """The input cannot be classified; `code` is a stable machine-readable reason."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

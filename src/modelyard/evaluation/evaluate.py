@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.data.dataset import load_split, read_metadata
+from modelyard.data.dataset import TextSplit, load_split, read_metadata
 from modelyard.evaluation.metrics import classification_metrics
 from modelyard.evaluation.plots import plot_confusion_matrix, plot_history
 from modelyard.inference import Predictor
@@ -35,10 +35,24 @@ class EvaluationResult:
 
 def score_model_dir(model_dir: str | os.PathLike[str], dataset_dir: str | os.PathLike[str], split: str = "test") -> dict[str, Any]:
     """Metrics of the model in `model_dir` on one split."""
+    return _score(model_dir, dataset_dir, split)[0]
+
+
+def _score(model_dir: Any, dataset_dir: Any, split: str) -> tuple[dict[str, Any], np.ndarray, Any]:
     predictor = Predictor.from_dir(model_dir)
     data = load_split(dataset_dir, split)
-    probs = predictor.predict_proba(data.images)
-    return classification_metrics(data.labels, probs.argmax(axis=1), predictor.labels)
+    probs = predictor.predict_proba(data.texts if isinstance(data, TextSplit) else data.images)
+    return classification_metrics(data.labels, probs.argmax(axis=1), predictor.labels), probs, data
+
+
+def confident_mistakes(probs: np.ndarray, data: TextSplit, labels: list[str], count: int = 10) -> list[dict[str, Any]]:
+    """The texts the model gets wrong with the highest confidence: where labels or the model are most off."""
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != data.labels)
+    worst = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:count]
+    return [{"index": int(i), "text": data.texts[i], "label": labels[int(data.labels[i])],
+             "predicted": labels[int(predicted[i])], "confidence": round(float(probs[i, predicted[i]]), 4)}
+            for i in worst]
 
 
 def evaluate(
@@ -55,9 +69,12 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     meta = read_metadata(dataset_dir)
     t0 = time.perf_counter()
-    metrics = score_model_dir(model_dir, dataset_dir)
+    metrics, probs, data = _score(model_dir, dataset_dir, "test")
     elapsed = time.perf_counter() - t0
     labels = list(meta["classes"])
+    mistakes = confident_mistakes(probs, data, labels) if isinstance(data, TextSplit) else None
+    if mistakes is not None:
+        (out / "mistakes.json").write_text(json.dumps(mistakes, indent=2, ensure_ascii=False) + "\n")
     result = EvaluationResult(metrics=metrics, test_set_sha256=meta["splits"]["test"]["sha256"],
                               output_dir=str(out), report_path=str(out / "report.md"))
     metrics_file = Path(metrics_path) if metrics_path else out / "metrics.json"
@@ -71,13 +88,14 @@ def evaluate(
     if history_path and Path(history_path).is_file():
         history = json.loads(Path(history_path).read_text())
         plot_history(history, out / "history.png")
-    (out / "report.md").write_text(render_report(meta["name"], model_dir, metrics, history, elapsed))
-    log.info("test accuracy %.4f, macro-F1 %.4f on %d images", metrics["accuracy"], metrics["macro_f1"], metrics["count"])
+    (out / "report.md").write_text(render_report(meta["name"], model_dir, metrics, history, elapsed, mistakes))
+    log.info("test accuracy %.4f, macro-F1 %.4f on %d %s", metrics["accuracy"], metrics["macro_f1"], metrics["count"],
+             "texts" if mistakes is not None else "images")
     return result
 
 
 def render_report(dataset: str, model_dir: Any, metrics: dict[str, Any], history: list[dict[str, float]] | None,
-                  elapsed_s: float) -> str:
+                  elapsed_s: float, mistakes: list[dict[str, Any]] | None = None) -> str:
     spec = json.loads((Path(model_dir) / "model.json").read_text())
     lines = [
         f"# Evaluation: `{spec['family']}` on `{dataset}` (test split)",
@@ -88,7 +106,7 @@ def render_report(dataset: str, model_dir: Any, metrics: dict[str, Any], history
         f"| macro-F1 | {metrics['macro_f1']:.4f} |",
         f"| macro precision | {metrics['macro_precision']:.4f} |",
         f"| macro recall | {metrics['macro_recall']:.4f} |",
-        f"| test images | {metrics['count']} |",
+        f"| test {'texts' if mistakes is not None else 'images'} | {metrics['count']} |",
         f"| scoring time | {elapsed_s:.1f} s |",
         "",
         "## Per class",
@@ -105,6 +123,12 @@ def render_report(dataset: str, model_dir: Any, metrics: dict[str, Any], history
     worst = np.dstack(np.unravel_index(np.argsort(off.ravel())[::-1][:3], off.shape))[0]
     lines += ["", "## Most confused", ""]
     lines += [f"- {labels[i]} taken for {labels[j]}: {off[i, j]} times" for i, j in worst if off[i, j] > 0]
+    if mistakes:
+        lines += ["", "## Most confidently wrong", "", "| text | label | predicted | confidence |", "|---|---|---|---|"]
+        for m in mistakes:
+            text = " ".join(m["text"].split())
+            text = ((text[:197] + "…") if len(text) > 200 else text).replace("|", r"\|")
+            lines.append(f"| {text} | {m['label']} | {m['predicted']} | {m['confidence']:.3f} |")
     if history:
         last = history[-1]
         lines += [

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from modelyard.data.preprocess import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, InvalidInputError
+from modelyard.data.text import batch_inputs
 from modelyard.models.artifact import ModelSpec, load_model_dir
 
 __all__ = ["MAX_IMAGE_PIXELS", "MIN_IMAGE_SIDE", "InvalidInputError", "Prediction", "Predictor", "decode_image"]
@@ -20,9 +22,13 @@ class Prediction:
     label: str
     index: int
     scores: dict[str, float]
+    truncated: bool | None = None  # text only: the text was longer than the model reads (max_length tokens)
 
     def to_dict(self) -> dict[str, object]:
-        return {"label": self.label, "index": self.index, "scores": self.scores}
+        out: dict[str, object] = {"label": self.label, "index": self.index, "scores": self.scores}
+        if self.truncated is not None:
+            out["truncated"] = self.truncated
+        return out
 
 
 def decode_image(data: bytes, spec: ModelSpec) -> np.ndarray:
@@ -31,13 +37,18 @@ def decode_image(data: bytes, spec: ModelSpec) -> np.ndarray:
 
 
 class Predictor:
-    """A model ready to predict batches of uint8 images shaped like its training data."""
+    """A model ready to predict batches of what it was trained on: uint8 images shaped like its training data,
+    or texts (a list of strings)."""
 
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: str | torch.device = "cpu") -> None:
         self.model = model.eval()
         self.spec = spec
         self.preprocessor = spec.preprocessor()
         self.device = torch.device(device)
+
+    @property
+    def modality(self) -> str:
+        return self.spec.modality
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> Predictor:
@@ -48,16 +59,18 @@ class Predictor:
     def labels(self) -> list[str]:
         return self.spec.labels
 
-    def check_batch(self, images: np.ndarray) -> np.ndarray:
-        return self.preprocessor.check_batch(images)
+    def check_batch(self, inputs: Any) -> Any:
+        return self.preprocessor.check_batch(inputs)
 
     def decode(self, data: bytes) -> np.ndarray:
         return self.preprocessor.decode(data)
 
     @torch.inference_mode()
-    def predict_proba(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-        """uint8 images shaped like the training data -> class probabilities (N, K)."""
-        images = self.check_batch(images)
+    def predict_proba(self, inputs: Any, batch_size: int = 512) -> np.ndarray:
+        """uint8 images shaped like the training data, or texts -> class probabilities (N, K)."""
+        if self.modality == "text":
+            return self._text_proba(self.check_batch(inputs))[0]
+        images = self.check_batch(inputs)
         out = []
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(self.device)
@@ -65,10 +78,30 @@ class Predictor:
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 
-    def predict(self, images: np.ndarray) -> list[Prediction]:
-        probs = self.predict_proba(images)
+    @torch.inference_mode()
+    def _text_proba(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and truncated flags; texts of similar length are batched together (less padding)."""
+        ids, lengths, truncated = self.preprocessor.tokenize(texts)
+        order = np.argsort(lengths, kind="stable")
+        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            inputs = batch_inputs(torch.from_numpy(ids[rows]).long(), torch.from_numpy(lengths[rows]))
+            logits = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
+            probs[rows] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return probs, truncated
+
+    def predict(self, inputs: Any) -> list[Prediction]:
+        truncated: list[bool | None]
+        if self.modality == "text":
+            probs, flags = self._text_proba(self.check_batch(inputs))
+            truncated = [bool(f) for f in flags]
+        else:
+            probs = self.predict_proba(inputs)
+            truncated = [None] * len(probs)
         result = []
-        for row in probs:
+        for row, cut in zip(probs, truncated):
             idx = int(row.argmax())
-            result.append(Prediction(self.labels[idx], idx, {label: round(float(p), 6) for label, p in zip(self.labels, row)}))
+            result.append(Prediction(self.labels[idx], idx, {label: round(float(p), 6) for label, p in zip(self.labels, row)},
+                                     truncated=cut))
         return result

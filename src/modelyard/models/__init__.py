@@ -18,7 +18,7 @@ from torch import nn
 
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, Builder] = {}
-FAMILY_MODULES = ("cnn", "mlp", "resnet", "transfer")
+FAMILY_MODULES = ("cnn", "mlp", "resnet", "transfer", "text")
 
 
 class FamilyConfig(BaseModel):

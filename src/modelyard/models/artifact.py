@@ -3,8 +3,8 @@
     <model_dir>/model.pt     state_dict
     <model_dir>/model.json   {"family", "args", "labels", "preprocessing": {...}, "extra": {...}}
 
-`preprocessing` is the fitted `ImagePreprocessor` (later a tokenizer's description): the one definition of
-how inputs become tensors, used by evaluation, the MLflow pyfunc and serving alike.
+`preprocessing` is the fitted `ImagePreprocessor`, or the `TextPreprocessor` holding the tokenizer itself: the
+one definition of how inputs become tensors, used by evaluation, the MLflow pyfunc and serving alike.
 """
 
 from __future__ import annotations
@@ -36,7 +36,16 @@ class ModelSpec:
     def build(self) -> nn.Module:
         return build_model(self.family, **self.args)
 
-    def preprocessor(self) -> ImagePreprocessor:
+    @property
+    def modality(self) -> str:
+        return "text" if self.preprocessing.get("kind") == "text" else "image"
+
+    def preprocessor(self) -> Any:
+        """ImagePreprocessor or TextPreprocessor, as the model was trained with."""
+        if self.modality == "text":
+            from modelyard.data.text import TextPreprocessor
+
+            return TextPreprocessor.from_dict(self.preprocessing)
         return ImagePreprocessor.from_dict(self.preprocessing)
 
 

@@ -116,15 +116,17 @@ def log_model(tracking_uri: str, run_id: str, model_dir: str | os.PathLike[str],
 
     import mlflow
     import modelyard
-    from modelyard.registry.pyfunc import ImageClassifierModel
+    from modelyard.models.artifact import read_spec
+    from modelyard.registry.pyfunc import ImageClassifierModel, TextClassifierModel
 
+    python_model = TextClassifierModel() if read_spec(model_dir).modality == "text" else ImageClassifierModel()
     _prepare_local_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT_NAME,
-            python_model=ImageClassifierModel(),
+            python_model=python_model,
             artifacts={"model_dir": str(model_dir)},
             input_example=input_example,
             pip_requirements=pip_requirements,

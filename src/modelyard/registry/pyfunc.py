@@ -27,3 +27,23 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(
             [{"label": p.label, "index": p.index, **{f"score/{k}": v for k, v in p.scores.items()}} for p in predictions]
         )
+
+
+class TextClassifierModel(ImageClassifierModel):
+    """Input: texts (a DataFrame with a `text` column, a Series, or a list of strings). Output: a DataFrame with
+    label, index, truncated (the text was longer than the model reads) and one score column per class."""
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        import pandas as pd
+
+        if isinstance(model_input, pd.DataFrame):
+            if "text" not in model_input.columns:
+                raise ValueError(f"expected a 'text' column, got columns {list(model_input.columns)}")
+            texts = model_input["text"].tolist()
+        elif isinstance(model_input, pd.Series):
+            texts = model_input.tolist()
+        else:
+            texts = [model_input] if isinstance(model_input, str) else list(model_input)
+        predictions = self.predictor.predict(texts)
+        return pd.DataFrame([{"label": p.label, "index": p.index, "truncated": p.truncated,
+                              **{f"score/{k}": v for k, v in p.scores.items()}} for p in predictions])

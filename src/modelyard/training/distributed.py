@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from modelyard.config import PipelineConfig, TrainConfig
-from modelyard.data.augment import AugmentPolicy, check_prepared, load_prepared
+from modelyard.data.augment import check_prepared, load_prepared, policy_from_dict
 from modelyard.data.dataset import load_split, read_metadata, replace_dir
 from modelyard.data.preprocess import ImagePreprocessor, image_shape
 from modelyard.models.artifact import ModelSpec, save_model_dir
@@ -155,9 +155,10 @@ def train(
         shutil.rmtree(tmp_out, ignore_errors=True)
         tmp_out.mkdir(parents=True)
         task = prepare_task(cfg, dataset_dir, prepared_dir)
-        streaming = choose_loading(cfg, task.data["images"]) == "streaming"
-        log.info("data: %s (%d training images, %.0f MB)", "streamed by Ray Data" if streaming else "resident on "
-                 "each worker", len(task.data["train_idx"]), task.data["images"].nbytes / 1e6)
+        streaming = choose_loading(cfg, task.data.get("images")) == "streaming"
+        rows = task.data.get("images", task.data.get("ids"))
+        log.info("data: %s (%d training rows, %.0f MB)", "streamed by Ray Data" if streaming else "resident on "
+                 "each worker", len(task.data["train_idx"]), rows.nbytes / 1e6)
         loop_config = {
             "cfg": cfg.model_dump(mode="json", by_alias=True),
             "task": {"spec": asdict(task.spec), "policy": asdict(task.policy)},
@@ -230,8 +231,8 @@ class Task:
     policy, the data and split, and the initial weights (pretrained ones loaded here, once)."""
 
     spec: ModelSpec
-    policy: AugmentPolicy
-    data: dict[str, Any]  # images, labels, train_idx, val_idx (numpy)
+    policy: Any  # AugmentPolicy | TextAugmentPolicy
+    data: dict[str, Any]  # images (or ids + lengths for text), labels, train_idx, val_idx (numpy)
     init_state: dict[str, torch.Tensor]
 
 
@@ -240,6 +241,13 @@ def prepare_task(cfg: PipelineConfig, dataset_dir: str | os.PathLike[str], prepa
     prepared = load_prepared(prepared_dir)
     train_split = load_split(dataset_dir, "train")
     family = cfg.model
+    modality = meta.get("modality", "image")
+    family_modality = "text" if hasattr(family, "text_preprocessor") else "image"
+    if modality != family_modality:
+        raise ValueError(f"model.name={family.name} is a {family_modality} model but {meta['name']} holds {modality} "
+                         f"data; pick a {modality} model (or a recipe: `modelyard recipes`)")
+    if modality == "text":
+        return _prepare_text_task(cfg, meta, prepared, train_split)
     source = image_shape(train_split.images)
     input_shape = family.input_shape(source)
     fixed = family.normalization()
@@ -265,8 +273,37 @@ def prepare_task(cfg: PipelineConfig, dataset_dir: str | os.PathLike[str], prepa
     return Task(spec, prepared.policy, data, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
 
+def _prepare_text_task(cfg: PipelineConfig, meta: dict[str, Any], prepared: Any, train_split: Any) -> Task:
+    """Tokenised once here, on the driver: workers get token ids, not texts, and need no tokenizer files."""
+    family = cfg.model
+    preprocessor = family.text_preprocessor()
+    ids, lengths, truncated = preprocessor.tokenize(train_split.texts)
+    log.info("tokenised %d texts: mean %.1f tokens, %.1f%% truncated at %d", len(ids), lengths.mean(),
+             100 * truncated.mean(), preprocessor.max_length)
+    spec = ModelSpec(
+        family=family.name,
+        args=family.builder_args(None, len(meta["classes"])),
+        labels=list(meta["classes"]),
+        preprocessing=preprocessor.to_dict(),
+        extra={"dataset": meta["name"], "dataset_sha256": meta["splits"]["train"]["sha256"],
+               "config": family.model_dump(mode="json")},
+    )
+    torch.manual_seed(cfg.train.seed)
+    model = spec.build()
+    family.prepare(model)
+    data = {"ids": ids, "lengths": lengths, "labels": train_split.labels,
+            "train_idx": prepared.train_indices, "val_idx": prepared.val_indices,
+            "special_ids": preprocessor.special_ids(), "pad_id": preprocessor.pad_id}
+    return Task(spec, prepared.policy, data, {k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
 def choose_loading(cfg: PipelineConfig, images: Any) -> str:
     """resident or streaming, as configured; auto keeps splits up to data.resident_max_mb resident."""
+    if images is None:  # token ids: small; streaming is for images
+        if cfg.data.loading == "streaming":
+            raise ValueError("data.loading=streaming streams images; text datasets are tokenised and kept resident "
+                             "(use auto or resident)")
+        return "resident"
     if cfg.data.loading != "auto":
         return cfg.data.loading
     return "resident" if images.nbytes <= cfg.data.resident_max_mb * 1024**2 else "streaming"
@@ -365,7 +402,7 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
                  why, world, torch.get_num_threads())
 
     spec = ModelSpec(**config["task"]["spec"])
-    policy = AugmentPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["task"]["policy"].items()})
+    policy = policy_from_dict(config["task"]["policy"])
     local_batch = max(1, tc.batch_size // world)
     streaming = config.get("streaming")
     if streaming:
@@ -379,13 +416,18 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
         data = session.get(config["data_ref"])
         with warnings.catch_warnings():  # arrays from the object store are read-only views; nothing writes to them
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            images = torch.from_numpy(data["images"]).to(device)  # uint8, resident
             labels = torch.from_numpy(data["labels"]).to(device)
+            if "ids" in data:  # text: token ids, resident
+                batches = loop.TextBatches(torch.from_numpy(data["ids"]).to(device),
+                                           torch.from_numpy(data["lengths"]).to(device), labels, policy,
+                                           data["special_ids"], data["pad_id"])
+            else:
+                images = torch.from_numpy(data["images"]).to(device)  # uint8, resident
+                batches = loop.ImageBatches(images, labels, spec.preprocessor(), policy)
         train_rows = torch.from_numpy(data["train_idx"])
         # Every worker gets an equal share, so all run the same number of steps (DDP needs that).
         per_worker_train = len(train_rows) // world
         val_idx = torch.from_numpy(data["val_idx"])[rank::world].to(device)
-        batches = loop.ImageBatches(images, labels, spec.preprocessor(), policy)
 
     model = spec.build()
     model.load_state_dict(session.get(config["init_ref"]))

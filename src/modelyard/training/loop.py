@@ -4,7 +4,8 @@ One loop for every model family. What differs per modality is the *batch adapter
 `train(indices, batch_size, gen)` and `eval(indices, batch_size)` yield `(inputs, labels)` on the training
 device: `ImageBatches` gathers a batch of resident uint8 images by index and augments and preprocesses it
 there (which beats a per-sample DataLoader by a wide margin for datasets of this size); `TensorBatches`
-serves precomputed tensors (a frozen backbone's cached features). Inputs may also be a mapping of tensors
+serves precomputed tensors (a frozen backbone's cached features); `TextBatches` cuts resident token ids
+to each batch's longest text and augments them at the token level. Inputs may be a mapping of tensors
 (token ids and attention mask) and a model may return an object with `.logits` (Hugging Face).
 """
 
@@ -327,6 +328,35 @@ class StreamingBatches:
     def eval(self, indices: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.val_shard.iter_torch_batches(batch_size=batch_size, device=self.device):
             yield self.preprocessor(batch["image"]), batch["label"]
+
+
+class TextBatches:
+    """Token ids of every text, padded to the longest, resident on the training device; a batch is cut to its
+    own longest text (dynamic padding) and augmented there at the token level (special tokens kept)."""
+
+    def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, policy: Any,
+                 special_ids: list[int], pad_id: int) -> None:
+        self.ids, self.lengths, self.labels, self.policy = ids, lengths, labels, policy
+        self.protected = torch.tensor(special_ids, dtype=ids.dtype, device=ids.device)
+        self.pad_id = pad_id
+
+    def _batch(self, idx: torch.Tensor, gen: torch.Generator | None) -> dict[str, torch.Tensor]:
+        from modelyard.data.text import batch_inputs, token_delete, token_swap
+
+        ids, lengths = self.ids[idx], self.lengths[idx]
+        if gen is not None and self.policy.token_delete_prob > 0:
+            ids, lengths = token_delete(ids, lengths, self.policy.token_delete_prob, self.protected, self.pad_id, gen)
+        if gen is not None and self.policy.token_swap_prob > 0:
+            ids = token_swap(ids, lengths, self.policy.token_swap_prob, self.protected, gen)
+        return batch_inputs(ids, lengths)
+
+    def train(self, indices: torch.Tensor, batch_size: int, gen: torch.Generator) -> Iterator[tuple[Any, torch.Tensor]]:
+        for idx in batch_indices(indices, batch_size, gen):
+            yield self._batch(idx, gen), self.labels[idx]
+
+    def eval(self, indices: torch.Tensor, batch_size: int) -> Iterator[tuple[Any, torch.Tensor]]:
+        for idx in batch_indices(indices, batch_size, None):
+            yield self._batch(idx, None), self.labels[idx]
 
 
 class TensorBatches:

@@ -1,0 +1,188 @@
+"""The text recipes end to end, the way `modelyard pipeline --recipe rt-bert` runs them: fetch (the real
+Rotten Tomatoes sentences), validate, augment, Ray Train fine-tuning all-MiniLM-L6-v2 with its pretrained
+weights, evaluate (with the most confidently wrong sentences), register under the task's own name, promote,
+and serve over JSON with Ray Serve. Reload, pyfunc and HTTP agree; bad input gets a 4xx naming the problem
+and the next request is answered; a new champion rolls in with no failed request. The LSTM baseline trains
+through the same loop."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+from conftest import small_config
+
+from modelyard.data.dataset import load_split
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+GOOD = "a gorgeous, witty, seductive movie"
+
+
+@pytest.fixture(scope="module")
+def served(rt_polarity_dir, tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from modelyard import stages
+    from serving.deploy import deploy
+
+    tmp = tmp_path_factory.mktemp("text")
+    data_dir = tmp / "data"
+    (data_dir / "raw").mkdir(parents=True)
+    (data_dir / "raw" / "rt_polarity").symlink_to(rt_polarity_dir.parent / "raw" / "rt_polarity")
+    cfg = small_config(tmp, data_dir, recipe="rt-bert", data={"train_limit": 1200, "test_limit": 300},
+                       train={"epochs": 2, "batch_size": 32, "num_workers": 1})
+    for stage in (stages.fetch, stages.validate, stages.augment, stages.train, stages.evaluate):
+        stage(cfg)
+    registered = stages.register(cfg)
+    try:
+        yield cfg, registered, deploy(cfg.serve, cfg.registry, model_name=cfg.model_name)
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+
+
+def predict(serving, body, **kwargs):
+    return requests.post(f"{serving['url']}/predict", json=body, timeout=60, **kwargs)
+
+
+def test_registered_under_the_task_name_with_a_report_of_confident_mistakes(served):
+    cfg, registered, serving = served
+    assert cfg.model_name == "rt-polarity-all-minilm-l6-v2" == serving["name"]
+    assert registered["promoted"] and registered["alias"] == "champion"
+    evaluation = json.loads((Path(cfg.evaluate.output_dir) / "evaluation.json").read_text())
+    assert evaluation["count"] == 300 and evaluation["accuracy"] > 0.7  # 1,200 sentences, 2 epochs
+    mistakes = json.loads((Path(cfg.evaluate.output_dir) / "mistakes.json").read_text())
+    assert len(mistakes) == 10 and all(m["label"] != m["predicted"] for m in mistakes)
+    confidences = [m["confidence"] for m in mistakes]
+    assert confidences == sorted(confidences, reverse=True)
+    assert "## Most confidently wrong" in (Path(cfg.evaluate.output_dir) / "report.md").read_text()
+    spec = json.loads((Path(cfg.train.output_dir) / "model" / "model.json").read_text())
+    assert spec["preprocessing"]["kind"] == "text" and spec["preprocessing"]["max_length"] == 64
+
+
+def test_one_text_and_many_texts_are_answered_over_json(served):
+    cfg, registered, serving = served
+    resp = predict(serving, {"text": GOOD})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["label"] == "positive" and body["index"] == 1 and body["truncated"] is False
+    assert body["model"] == {"name": cfg.model_name, "version": registered["version"]}
+    assert sum(body["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+    many = predict(serving, {"texts": [GOOD, "a dull, lifeless and tedious mess", GOOD]}).json()
+    assert [p["label"] for p in many["predictions"]] == ["positive", "negative", "positive"]
+    assert many["predictions"][0]["scores"] == pytest.approx(body["scores"], abs=1e-4)
+    long = predict(serving, {"text": " ".join([GOOD] * 40)}).json()
+    assert long["truncated"] is True
+
+
+def test_http_pyfunc_and_reload_agree(served):
+    import mlflow.pyfunc
+
+    from modelyard.inference import Predictor
+
+    cfg, _, serving = served
+    test = load_split(cfg.data.dataset_dir, "test")
+    texts = test.texts[:24]
+    reloaded = Predictor.from_dir(Path(cfg.train.output_dir) / "model")
+    offline = reloaded.predict_proba(texts)
+    uri = cfg.registry.resolved_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@champion")
+    out = pyfunc.predict(pd.DataFrame({"text": texts}))
+    assert (out["index"].to_numpy() == offline.argmax(1)).all()
+    http = predict(serving, {"texts": texts}).json()["predictions"]
+    assert [p["index"] for p in http] == offline.argmax(1).tolist()
+    for p, row in zip(http, offline):
+        assert p["scores"]["positive"] == pytest.approx(float(row[1]), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"json": {"text": ""}}, 422, "empty_text"),
+        ({"json": {"text": "   \n\t"}}, 422, "empty_text"),
+        ({"json": {"text": 42}}, 422, "not_a_string"),
+        ({"json": {"texts": ["fine", None]}}, 422, "not_a_string"),
+        ({"json": {"texts": "not a list"}}, 422, "bad_type"),
+        ({"json": {"texts": ["x"] * 65}}, 413, "too_many_texts"),
+        ({"json": {"texts": []}}, 422, "missing_text"),
+        ({"json": {"sentence": GOOD}}, 422, "missing_text"),
+        ({"data": b'{"text": "unclosed', "headers": {"content-type": "application/json"}}, 400, "bad_json"),
+        ({"data": b'{"text": "caf\xe9"}', "headers": {"content-type": "application/json"}}, 400, "bad_encoding"),
+        ({"data": GOOD.encode(), "headers": {"content-type": "text/plain"}}, 415, "not_json"),
+        ({"files": {"file": ("a.png", b"\x89PNG", "image/png")}}, 415, "not_json"),
+        ({"data": b'{"text": "' + b"x" * (5 * 1024 * 1024) + b'"}',
+          "headers": {"content-type": "application/json"}}, 413, "body_too_large"),
+    ],
+    ids=["empty", "whitespace", "number", "null-in-list", "texts-not-list", "65-texts", "no-texts", "other-field",
+         "invalid-json", "invalid-utf8", "text-plain", "multipart", "5MB"],
+)
+def test_bad_input_gets_a_json_4xx_naming_it_and_the_next_request_is_answered(served, kwargs, status, code):
+    _, _, serving = served
+    resp = requests.post(f"{serving['url']}/predict", timeout=60, **kwargs)
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["error"] == code and body["detail"]
+    assert predict(serving, {"text": GOOD}).status_code == 200
+
+
+def test_openapi_documents_the_json_body(served):
+    _, _, serving = served
+    schema = requests.get(f"{serving['url']}/openapi.json", timeout=10).json()
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(body)
+
+
+def test_a_promoted_text_model_rolls_in_with_no_failed_request(served):
+    from modelyard import registry
+    from serving.deploy import deploy
+
+    cfg, registered, _ = served
+    uri = cfg.registry.resolved_tracking_uri()
+    run_id = registry.start_run(uri, cfg.registry.experiment, params={"note": "retrained"})
+    new_version = registry.log_model(uri, run_id, Path(cfg.train.output_dir) / "model", cfg.model_name,
+                                     input_example=pd.DataFrame({"text": [GOOD]}), pip_requirements=["torch"])
+    registry.set_alias(uri, cfg.model_name, "champion", new_version)
+    statuses, versions, stop = [], set(), threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            resp = requests.post(f"{served[2]['url']}/predict", json={"text": GOOD}, timeout=60)
+            statuses.append(resp.status_code)
+            if resp.ok:
+                versions.add(resp.json()["model"]["version"])
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        now = deploy(cfg.serve, cfg.registry, model_name=cfg.model_name, tracking_uri=uri)
+    finally:
+        stop.set()
+        thread.join()
+    assert now["version"] == new_version != registered["version"]
+    assert statuses and all(s == 200 for s in statuses), statuses
+    assert registered["version"] in versions
+
+
+def test_the_lstm_baseline_trains_through_the_same_loop(rt_polarity_dir, tmp_path_factory):
+    from modelyard.data.augment import prepare_splits
+    from modelyard.inference import Predictor
+    from modelyard.training.distributed import train
+
+    tmp = tmp_path_factory.mktemp("lstm")
+    cfg = small_config(tmp, rt_polarity_dir.parent, recipe="rt-lstm", data={"train_limit": None, "test_limit": None},
+                       augment={"token_delete_prob": 0.1}, train={"epochs": 2, "num_workers": 1})
+    prepared = prepare_splits(rt_polarity_dir, cfg.augment)
+    result = train(cfg, rt_polarity_dir, prepared)
+    assert cfg.model_name == "rt-polarity-lstm"
+    assert result.final["val/accuracy"] > 0.62, result.history  # 2 epochs from scratch on 8.6k sentences
+    predictor = Predictor.from_dir(result.model_dir)
+    assert predictor.spec.family == "lstm" and predictor.predict([GOOD])[0].truncated is False
