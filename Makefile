@@ -69,7 +69,7 @@ serve: setup  ## (re)deploy the current champion to the running stack's Ray clus
 	$(BIN)/python -m serving "$$MODELYARD_PARAMS"
 
 test: setup browser  ## the whole suite: real Ray, MLflow, Prefect, Ray Serve, and the stack of `make up` in a browser
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15
 
 test-fast: setup  ## unit and data tests only
 	$(BIN)/python -m pytest tests/unit tests/data

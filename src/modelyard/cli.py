@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
 
-from modelyard.config import ConfigError, PipelineConfig, load_config
+from modelyard.config import ConfigError, PipelineConfig, _deep_merge, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("modelyard")
@@ -50,10 +51,52 @@ def _config(params: Path, overrides: list[str] | None, recipe: str | None = None
     if recipe:
         parsed["recipe"] = recipe
     try:
-        return load_config(params, parsed)
+        if os.environ.get("DVC_STAGE"):
+            parsed = _deep_merge(dvc_edits(params), parsed)
+        cfg = load_config(params, parsed)
+        if os.environ.get("DVC_STAGE"):
+            check_dvc_paths(cfg, params)
+        return cfg
     except ConfigError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
+
+
+def dvc_edits(params: Path) -> dict[str, Any]:
+    """Under DVC: what `dvc exp run -S` changed in params.yaml against the committed file, so those edits
+    win over a recipe named beside them (`-S recipe=rt-lstm -S train.epochs=2` trains 2 epochs)."""
+    import subprocess
+    import tempfile
+
+    from modelyard.config import changed_from_params
+
+    root = Path(os.environ.get("DVC_ROOT", "."))
+    try:
+        rel = params.resolve().relative_to(root.resolve())
+        committed = subprocess.run(["git", "show", f"HEAD:{rel.as_posix()}"], cwd=root, capture_output=True,
+                                   text=True, timeout=30)
+    except (ValueError, OSError, subprocess.SubprocessError):
+        return {}
+    if committed.returncode != 0:
+        return {}
+    current = yaml.safe_load(params.read_text()) or {}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as base:
+        base.write(committed.stdout)
+        base.flush()
+        sections = {k: v for k, v in current.items() if isinstance(v, dict)}
+        return changed_from_params(sections, base.name)
+
+
+def check_dvc_paths(cfg: PipelineConfig, params: Path) -> None:
+    """Under `dvc repro`/`dvc exp run`, dvc.yaml's paths follow params.yaml's `data.dataset`: a recipe for
+    another dataset would write where DVC does not look, so it is refused with the command that works."""
+
+    written = ((yaml.safe_load(params.read_text()) or {}).get("data") or {}).get("dataset", "fashion_mnist")
+    if written != cfg.data.dataset:
+        raise ConfigError(
+            f"recipe {cfg.recipe!r} trains on {cfg.data.dataset}, but params.yaml says data.dataset: {written}, and "
+            f"dvc.yaml's paths follow it; run `dvc exp run -S recipe={cfg.recipe} -S data.dataset={cfg.data.dataset}`"
+        )
 
 
 @app.command()

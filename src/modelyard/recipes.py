@@ -81,7 +81,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "description": "BBC News topics, all-MiniLM-L6-v2 fine-tuned on each article's first 256 tokens",
         "data": {"dataset": "bbc_news"},
         "model": {"name": "bert", "pretrained": "all-MiniLM-L6-v2", "max_length": 256},
-        "train": _FINE_TUNE | {"epochs": 4, "batch_size": 16, "learning_rate": 1e-4},
+        "train": _FINE_TUNE | {"epochs": 3, "batch_size": 16, "learning_rate": 1e-4},
     },
 }
 RECIPE_NAMES = tuple(RECIPES)

@@ -45,3 +45,22 @@ def test_every_family_trains_on_the_gpu(fashion_mnist_dir, tmp_path, recipe, ove
               f"{seconds:.1f} s, test accuracy {accuracy:.4f}")
     assert history[-1]["train/loss"] < history[0]["train/loss"] or len(history) == 1
     assert accuracy > bound
+
+
+@pytest.mark.parametrize(("recipe", "overrides", "bound"), [
+    ("rt-bert", {"train": {"epochs": 2}}, 0.84),
+    ("rt-bert", {"train": {"epochs": 2, "mixed_precision": "fp16"}}, 0.84),
+    ("rt-lstm", {"train": {"epochs": 4}}, 0.72),
+])
+def test_text_families_train_on_the_gpu(rt_polarity_dir, tmp_path, recipe, overrides, bound, capsys):
+    cfg = load_config(REPO / "params.yaml", {"recipe": recipe, "data": {"data_dir": str(rt_polarity_dir.parent)},
+                                             "augment": {"prepared_dir": str(tmp_path / "prepared")}, **overrides})
+    prepared = prepare_splits(rt_polarity_dir, cfg.augment)
+    model, spec, history, seconds = train_local(cfg, rt_polarity_dir, prepared, device="cuda")
+    test = load_split(rt_polarity_dir, "test")
+    accuracy = float((Predictor(model, spec, "cuda").predict_proba(test.texts).argmax(1) == test.labels).mean())
+    mode = loop.resolve_precision(cfg.train.mixed_precision, torch.device("cuda"))[0]
+    with capsys.disabled():
+        print(f"\n{torch.cuda.get_device_name()}: {recipe} {overrides} precision {mode}: {len(history)} epochs in "
+              f"{seconds:.1f} s, test accuracy {accuracy:.4f}")
+    assert accuracy > bound

@@ -1,5 +1,7 @@
 """`dvc repro` on a fresh copy of the repository, with the embedded defaults (no server running): every
-stage runs, a second repro skips them all, `dvc metrics show` prints the test metrics, `dvc push` works."""
+stage runs, a second repro skips them all, `dvc metrics show` prints the test metrics, `dvc push` works,
+and `dvc exp run -S recipe=...` trains and registers another task (a text one: another dataset, another
+family, edits given beside the recipe winning over it)."""
 
 from __future__ import annotations
 
@@ -93,12 +95,27 @@ def test_push_to_the_local_remote(clone):
     assert "up to date" in status.stdout.lower() or "in sync" in status.stdout.lower()
 
 
-def test_exp_run_with_a_recipe_trains_and_registers_that_task(clone):
+def test_exp_run_with_a_text_recipe_names_the_dataset_to_set_then_trains_it(clone, rt_polarity_dir):
     repo, env = clone
-    run(["dvc", "exp", "run", "-S", "recipe=fashion-mlp"], repo, env)
+    shutil.copytree(rt_polarity_dir.parent / "raw" / "rt_polarity", repo / "data" / "raw" / "rt_polarity",
+                    dirs_exist_ok=True)
+    refused = subprocess.run(["dvc", "exp", "run", "-S", "recipe=rt-lstm"], cwd=repo, env=env, capture_output=True,
+                             text=True, timeout=900)
+    assert refused.returncode != 0
+    assert "run `dvc exp run -S recipe=rt-lstm -S data.dataset=rt_polarity`" in refused.stdout + refused.stderr
+    run(["dvc", "exp", "run", "-S", "recipe=rt-lstm", "-S", "data.dataset=rt_polarity", "-S", "train.epochs=2",
+         "-S", "augment.token_delete_prob=0.1"], repo, env)
     registration = json.loads((repo / "artifacts/register/registration.json").read_text())
-    assert registration["name"] == "fashion-mnist-mlp" and registration["alias"] == "champion"
+    assert registration["name"] == "rt-polarity-lstm" and registration["alias"] == "champion"
+    history = json.loads((repo / "artifacts/train/history.json").read_text())
+    assert len(history) == 2  # the -S edit wins over the recipe's 8 epochs
+    prepared = json.loads((repo / "data/prepared/rt_polarity/prepared.json").read_text())
+    assert prepared["policy"] == {"token_delete_prob": 0.1, "token_swap_prob": 0.0}
     model = json.loads((repo / "artifacts/train/model/model.json").read_text())
-    assert model["family"] == "mlp"
+    assert model["family"] == "lstm" and model["preprocessing"]["kind"] == "text"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert {o["path"] for o in lock["stages"]["fetch"]["outs"]} == {"data/raw/rt_polarity", "data/rt_polarity"}
+    metrics = json.loads((repo / "artifacts/metrics.json").read_text())["test"]
+    assert metrics["count"] == 500 and metrics["accuracy"] > 0.55  # 3,000 sentences, from scratch
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
-    assert "fashion-mlp" in json.dumps(shown)  # the experiment records the recipe among its params
+    assert "rt-lstm" in json.dumps(shown)  # the experiment records the recipe among its params

@@ -1,9 +1,9 @@
-"""The text recipes end to end, the way `modelyard pipeline --recipe rt-bert` runs them: fetch (the real
-Rotten Tomatoes sentences), validate, augment, Ray Train fine-tuning all-MiniLM-L6-v2 with its pretrained
-weights, evaluate (with the most confidently wrong sentences), register under the task's own name, promote,
-and serve over JSON with Ray Serve. Reload, pyfunc and HTTP agree; bad input gets a 4xx naming the problem
-and the next request is answered; a new champion rolls in with no failed request. The LSTM baseline trains
-through the same loop."""
+"""The text recipes end to end, the way a user picks `rt-bert` in the Prefect form (the deployment's flow,
+with a few fields edited): fetch (the real Rotten Tomatoes sentences), validate, augment, Ray Train
+fine-tuning all-MiniLM-L6-v2 with its pretrained weights, evaluate (with the most confidently wrong
+sentences), register under the task's own name, promote, and serve over JSON with Ray Serve. Reload, pyfunc and HTTP agree; bad input gets a 4xx naming the problem
+and the next request is answered; a new champion rolls in with no failed request. (The LSTM baseline runs
+through `dvc exp run` in test_dvc_repro.)"""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
+import yaml
 from conftest import small_config
 
 from modelyard.data.dataset import load_split
@@ -25,23 +26,34 @@ GOOD = "a gorgeous, witty, seductive movie"
 
 @pytest.fixture(scope="module")
 def served(rt_polarity_dir, tmp_path_factory):
+    """The flow as the form runs it: params.yaml prefilled (the image default), recipe rt-bert picked, and
+    the data limits and epochs edited. Yields (the run's config, registration, serving)."""
     import ray
+    from prefect.testing.utilities import prefect_test_harness
     from ray import serve
 
-    from modelyard import stages
-    from serving.deploy import deploy
+    from pipelines.training import training_pipeline
 
     tmp = tmp_path_factory.mktemp("text")
     data_dir = tmp / "data"
     (data_dir / "raw").mkdir(parents=True)
     (data_dir / "raw" / "rt_polarity").symlink_to(rt_polarity_dir.parent / "raw" / "rt_polarity")
-    cfg = small_config(tmp, data_dir, recipe="rt-bert", data={"train_limit": 1200, "test_limit": 300},
-                       train={"epochs": 2, "batch_size": 32, "num_workers": 1})
-    for stage in (stages.fetch, stages.validate, stages.augment, stages.train, stages.evaluate):
-        stage(cfg)
-    registered = stages.register(cfg)
+    params = small_config(tmp, data_dir)
+    params_path = tmp / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True)))
+    form = params.model_dump(mode="json", by_alias=True)
+    form["data"] |= {"train_limit": 1600, "test_limit": 300}
+    form["train"] |= {"epochs": 1, "batch_size": 32, "num_workers": 1}
+    with prefect_test_harness(server_startup_timeout=120):
+        state = training_pipeline(recipe="rt-bert", model=form["model"], train=form["train"], data=form["data"],
+                                  augment=form["augment"], registry=form["registry"], deploy=True,
+                                  params_path=str(params_path), return_state=True)
+        assert state.is_completed(), state
+        result = state.result()
+    cfg = small_config(tmp, data_dir, recipe="rt-bert", data={"train_limit": 1600, "test_limit": 300},
+                       train={"epochs": 1, "batch_size": 32, "num_workers": 1}, serve={"port": params.serve.port})
     try:
-        yield cfg, registered, deploy(cfg.serve, cfg.registry, model_name=cfg.model_name)
+        yield cfg, result["registry"], result["serving"]
     finally:
         if ray.is_initialized():
             serve.shutdown()
@@ -55,9 +67,10 @@ def predict(serving, body, **kwargs):
 def test_registered_under_the_task_name_with_a_report_of_confident_mistakes(served):
     cfg, registered, serving = served
     assert cfg.model_name == "rt-polarity-all-minilm-l6-v2" == serving["name"]
+    assert json.loads((Path(cfg.train.output_dir) / "history.json").read_text())[-1]["epoch"] == 1  # the edit won
     assert registered["promoted"] and registered["alias"] == "champion"
     evaluation = json.loads((Path(cfg.evaluate.output_dir) / "evaluation.json").read_text())
-    assert evaluation["count"] == 300 and evaluation["accuracy"] > 0.7  # 1,200 sentences, 2 epochs
+    assert evaluation["count"] == 300 and evaluation["accuracy"] > 0.7  # 1,440 sentences, one epoch
     mistakes = json.loads((Path(cfg.evaluate.output_dir) / "mistakes.json").read_text())
     assert len(mistakes) == 10 and all(m["label"] != m["predicted"] for m in mistakes)
     confidences = [m["confidence"] for m in mistakes]
@@ -171,18 +184,3 @@ def test_a_promoted_text_model_rolls_in_with_no_failed_request(served):
     assert statuses and all(s == 200 for s in statuses), statuses
     assert registered["version"] in versions
 
-
-def test_the_lstm_baseline_trains_through_the_same_loop(rt_polarity_dir, tmp_path_factory):
-    from modelyard.data.augment import prepare_splits
-    from modelyard.inference import Predictor
-    from modelyard.training.distributed import train
-
-    tmp = tmp_path_factory.mktemp("lstm")
-    cfg = small_config(tmp, rt_polarity_dir.parent, recipe="rt-lstm", data={"train_limit": None, "test_limit": None},
-                       augment={"token_delete_prob": 0.1}, train={"epochs": 2, "num_workers": 1})
-    prepared = prepare_splits(rt_polarity_dir, cfg.augment)
-    result = train(cfg, rt_polarity_dir, prepared)
-    assert cfg.model_name == "rt-polarity-lstm"
-    assert result.final["val/accuracy"] > 0.62, result.history  # 2 epochs from scratch on 8.6k sentences
-    predictor = Predictor.from_dir(result.model_dir)
-    assert predictor.spec.family == "lstm" and predictor.predict([GOOD])[0].truncated is False

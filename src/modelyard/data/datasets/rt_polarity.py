@@ -7,7 +7,7 @@ Sources, in order:
 - `pypi`: the same review snippets with human ratings, shipped inside the source distribution of
   `vaderSentiment==3.3.2` (`additional_resources/hutto_ICWSM_2014.tar.gz` ->
   `movieReviewSnippets_GroundTruth.txt`: `id<TAB>mean rating -4..4<TAB>sentence`). Label: the sign of the
-  mean rating; the 36 rated exactly 0 are dropped (10,568 sentences, 5,242 positive), in original casing;
+  mean rating; the 37 rated exactly 0 are dropped (10,568 sentences, 5,242 positive), in original casing;
 - `local`: a directory holding either of those files.
 Exact and near duplicates (same words, other case or punctuation) are dropped, and 10% of each class is
 cut as the test split under a fixed seed.
