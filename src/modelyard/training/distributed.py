@@ -257,9 +257,18 @@ def prepare_task(cfg: PipelineConfig, dataset_dir: str | os.PathLike[str], prepa
             mean, std = mean * input_shape[2], std * input_shape[2]
         fixed = (mean, std, f"fitted on the {meta['name']} training split")
     preprocessor = ImagePreprocessor(source, input_shape, tuple(fixed[0]), tuple(fixed[1]), fixed[2])
+    data = {"images": train_split.images, "labels": train_split.labels,
+            "train_idx": prepared.train_indices, "val_idx": prepared.val_indices}
+    return _task(cfg, meta, prepared, family.builder_args(input_shape, len(meta["classes"])), preprocessor, data)
+
+
+def _task(cfg: PipelineConfig, meta: dict[str, Any], prepared: Any, args: dict[str, Any], preprocessor: Any,
+          data: dict[str, Any]) -> Task:
+    """The spec (family, builder arguments, labels, fitted preprocessing) and the seeded initial weights."""
+    family = cfg.model
     spec = ModelSpec(
         family=family.name,
-        args=family.builder_args(input_shape, len(meta["classes"])),
+        args=args,
         labels=list(meta["classes"]),
         preprocessing=preprocessor.to_dict(),
         extra={"dataset": meta["name"], "dataset_sha256": meta["splits"]["train"]["sha256"],
@@ -268,8 +277,6 @@ def prepare_task(cfg: PipelineConfig, dataset_dir: str | os.PathLike[str], prepa
     torch.manual_seed(cfg.train.seed)  # the initial weights are a function of the seed, as the run's record says
     model = spec.build()
     family.prepare(model)  # pretrained weights, frozen layers
-    data = {"images": train_split.images, "labels": train_split.labels,
-            "train_idx": prepared.train_indices, "val_idx": prepared.val_indices}
     return Task(spec, prepared.policy, data, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
 
@@ -280,21 +287,10 @@ def _prepare_text_task(cfg: PipelineConfig, meta: dict[str, Any], prepared: Any,
     ids, lengths, truncated = preprocessor.tokenize(train_split.texts)
     log.info("tokenised %d texts: mean %.1f tokens, %.1f%% truncated at %d", len(ids), lengths.mean(),
              100 * truncated.mean(), preprocessor.max_length)
-    spec = ModelSpec(
-        family=family.name,
-        args=family.builder_args(None, len(meta["classes"])),
-        labels=list(meta["classes"]),
-        preprocessing=preprocessor.to_dict(),
-        extra={"dataset": meta["name"], "dataset_sha256": meta["splits"]["train"]["sha256"],
-               "config": family.model_dump(mode="json")},
-    )
-    torch.manual_seed(cfg.train.seed)
-    model = spec.build()
-    family.prepare(model)
     data = {"ids": ids, "lengths": lengths, "labels": train_split.labels,
             "train_idx": prepared.train_indices, "val_idx": prepared.val_indices,
             "special_ids": preprocessor.special_ids(), "pad_id": preprocessor.pad_id}
-    return Task(spec, prepared.policy, data, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    return _task(cfg, meta, prepared, family.builder_args(None, len(meta["classes"])), preprocessor, data)
 
 
 def choose_loading(cfg: PipelineConfig, images: Any) -> str:
