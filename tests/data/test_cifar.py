@@ -79,7 +79,7 @@ def test_a_collapsed_class_fails_with_the_datasets_own_bounds(cifar_dir):
 def test_the_local_source_reads_a_full_copy_and_refuses_a_partial_one(cifar_dir, tmp_path):
     root, _ = cifar_dir
     # This directory is a real CIFAR-format copy but holds 500 of CIFAR-10's 50,000 training images.
-    with pytest.raises(FetchError, match="cifar10 train: expected 50000 images and labels, got 500 images"):
+    with pytest.raises(FetchError, match="cifar10 train: expected 50000 rows and labels, got 500 rows"):
         fetch_dataset(DataConfig(dataset="cifar10", data_dir=str(tmp_path), sources=["local"], local_dir=str(root)))
     assert not (tmp_path / "cifar10").exists() and not (tmp_path / "raw" / "cifar10").exists()
 
