@@ -1,21 +1,29 @@
-"""`python -m serving`: deploy the champion to the Ray cluster at $RAY_ADDRESS (or a local Ray)."""
+"""`python -m serving [params.yaml] [--task NAME]`: serve every task's champion (or one task's) on the Ray
+cluster at $RAY_ADDRESS, or a local Ray, each under its own route; prints what is served."""
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
 from modelyard.config import load_config
 from modelyard.runtime import configure_environment, configure_logging
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("params", nargs="?", default="params.yaml")
+    parser.add_argument("--task", help="one registered model name; default: every model with a champion")
+    args = parser.parse_args()
     configure_environment()
     configure_logging()
-    cfg = load_config(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
-    from serving.deploy import deploy
+    cfg = load_config(args.params)
+    from serving.deploy import deploy, deploy_all
 
-    print(json.dumps(deploy(cfg.serve, cfg.registry, model_name=cfg.model_name)))
+    if args.task:
+        print(json.dumps(deploy(cfg.serve, cfg.registry, model_name=args.task)))
+    else:
+        print(json.dumps(deploy_all(cfg.serve, cfg.registry), indent=1))
 
 
 if __name__ == "__main__":

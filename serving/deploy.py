@@ -1,60 +1,157 @@
-"""Deploy (or roll) the serving application onto a running Ray cluster, or a local Ray in tests."""
+"""Deploy (or roll) the serving applications onto a running Ray cluster, or a local Ray in tests.
+
+Every task, meaning every registered model with a champion, is its own Serve application under
+`<serve.route_prefix><model name>`, with its own replicas, batching and autoscaling (`serve.apps.<name>`
+overrides the section's defaults). A small `index` application at `<serve.route_prefix>` lists them.
+Deploying one task leaves the others' replicas untouched.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 import urllib.request
 from typing import Any
 
-from ray import serve
-
 from modelyard import registry
 from modelyard.config import RegistryConfig, ServeConfig
 from modelyard.runtime import connect_ray
-from serving.app import ServerSettings, build_app
 
 log = logging.getLogger(__name__)
 
-APP_NAME = "modelyard"
+INDEX_APP = "index"
+HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
 
 
 def deploy(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, *, model_name: str, tracking_uri: str | None = None,
            ray_address: str | None = None, timeout_s: float = 180.0) -> dict[str, Any]:
-    """Serve `models:/<model_name>@champion` on serve_cfg.host:port; returns the URL and version served.
+    """Serve `models:/<model_name>@champion` at <route_prefix><model_name>; returns its URL and version.
 
-    Redeploying after a promotion changes only the replicas' user_config, so running replicas load the
-    new version in place (Serve's lightweight update) and keep answering meanwhile.
+    Redeploying after a promotion (or a rollback) changes only the replicas' user_config, so running
+    replicas load the new version in place (Serve's lightweight update) and keep answering meanwhile.
     """
     tracking_uri = tracking_uri or registry_cfg.resolved_tracking_uri()
     champion = registry.get_version(tracking_uri, model_name, alias=registry_cfg.champion_alias)
     if champion is None:
         raise LookupError(f"no '{registry_cfg.champion_alias}' version of '{model_name}' to serve")
+    _start_serve(serve_cfg, ray_address)
+    served = _run_app(serve_cfg, registry_cfg, model_name, champion.version, tracking_uri, timeout_s)
+    refresh_index(serve_cfg)
+    return served
+
+
+def deploy_all(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, *, tracking_uri: str | None = None,
+               ray_address: str | None = None, timeout_s: float = 180.0) -> list[dict[str, Any]]:
+    """Serve the champion of every registered model that has one (each its own application)."""
+    tracking_uri = tracking_uri or registry_cfg.resolved_tracking_uri()
+    champions = registry.with_alias(tracking_uri, registry_cfg.champion_alias)
+    if not champions:
+        raise LookupError(f"no registered model in {tracking_uri} has a '{registry_cfg.champion_alias}' version; "
+                          "train one first (`make run`)")
+    _start_serve(serve_cfg, ray_address)
+    served = [_run_app(serve_cfg, registry_cfg, mv.name, mv.version, tracking_uri, timeout_s) for mv in champions]
+    refresh_index(serve_cfg)
+    return served
+
+
+def _start_serve(serve_cfg: ServeConfig, ray_address: str | None) -> None:
+    from ray import serve
+
+    if serve_cfg.ingress == "haproxy":
+        # Read by the Serve controller where Ray starts; a Ray started here inherits it. A cluster started
+        # elsewhere (`make up`, KubeRay) must have it in its own environment (infra/stack.sh does that).
+        os.environ.setdefault(HAPROXY_SWITCH, "1")
     connect_ray(ray_address, object_store_bytes=300 * 1024**2)
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
+
+
+def base_url(serve_cfg: ServeConfig) -> str:
+    return f"http://{serve_cfg.host}:{serve_cfg.port}"
+
+
+def _run_app(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, model_name: str, version: str,
+             tracking_uri: str, timeout_s: float) -> dict[str, Any]:
+    from ray import serve
+
+    from serving.app import ServerSettings, build_app
+
+    cfg = serve_cfg.for_app(model_name)
+    replicas = cfg.autoscaling.max_replicas if cfg.autoscaling else cfg.replicas
+    threads = cfg.replica_threads or max(1, (os.cpu_count() or 1) // replicas)
+    canary = cfg.canary
+    challenger = None
+    if canary.share > 0:
+        found = registry.get_version(tracking_uri, model_name, alias=registry_cfg.challenger_alias)
+        challenger = found.version if found else None
     settings = ServerSettings(
         tracking_uri=tracking_uri, model_name=model_name, alias=registry_cfg.champion_alias,
-        max_upload_bytes=serve_cfg.max_upload_bytes, max_batch_size=serve_cfg.max_batch_size,
-        batch_wait_timeout_s=serve_cfg.batch_wait_timeout_s,
+        challenger_alias=registry_cfg.challenger_alias, max_upload_bytes=cfg.max_upload_bytes,
+        max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s, threads=threads,
+        canary_share=canary.share, canary_mode=canary.mode, follow_aliases_s=cfg.follow_aliases_s,
+        auth_token=_token(cfg),
     )
-    app = build_app(settings, champion.version, replicas=serve_cfg.replicas, replica_cpus=serve_cfg.replica_cpus)
-    serve.run(app, name=APP_NAME, route_prefix=serve_cfg.route_prefix, blocking=False)
-    url = f"http://{serve_cfg.host}:{serve_cfg.port}{serve_cfg.route_prefix.rstrip('/')}"
-    wait_for_version(url, champion.version, timeout_s)
-    log.info("serving %s v%s at %s", model_name, champion.version, url)
-    return {"url": url, "name": model_name, "version": champion.version}
+    autoscaling = cfg.autoscaling.model_dump() if cfg.autoscaling else None
+    app = build_app(settings, version, challenger=challenger, replicas=cfg.replicas,
+                    replica_cpus=cfg.replica_cpus, autoscaling=autoscaling, access_log=cfg.access_log)
+    serve.run(app, name=model_name, route_prefix=cfg.route(model_name), blocking=False)
+    url = base_url(cfg) + cfg.route(model_name)
+    wait_for_version(url, version, timeout_s, token=_token(cfg))
+    log.info("serving %s v%s at %s", model_name, version, url)
+    return {"url": url, "name": model_name, "version": version}
 
 
-def wait_for_version(url: str, version: str, timeout_s: float) -> None:
+def refresh_index(serve_cfg: ServeConfig) -> list[dict[str, Any]]:
+    """(Re)deploy the index at <route_prefix> with what each running task application answers on /model."""
+    from ray import serve
+
+    from serving.app import build_index
+
+    base = base_url(serve_cfg)
+    apps = []
+    for name, status in sorted(serve.status().applications.items()):
+        if name == INDEX_APP:
+            continue
+        route = serve_cfg.route(name)
+        try:
+            info = _get_json(f"{base}{route}/model", _token(serve_cfg))
+        except OSError as exc:
+            log.warning("application %s at %s is not answering /model: %s", name, route, exc)
+            info = {}
+        apps.append({"task": name, "route": route, "status": str(status.status.value),
+                     "model": info.get("name"), "version": info.get("version"), "labels": info.get("labels")})
+    serve.run(build_index(apps, _token(serve_cfg)), name=INDEX_APP, route_prefix=serve_cfg.route_prefix, blocking=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if _get_json(base + serve_cfg.route_prefix, _token(serve_cfg)).get("apps") == apps:
+                return apps
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the index at {base}{serve_cfg.route_prefix} did not list {[a['task'] for a in apps]}")
+
+
+def _token(serve_cfg: ServeConfig) -> str | None:
+    return os.environ.get(serve_cfg.auth_token_env) or None
+
+
+def _get_json(url: str, token: str | None = None) -> dict[str, Any]:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def wait_for_version(url: str, version: str, timeout_s: float, token: str | None = None) -> None:
     """Poll /model until the served version is `version` (every replica reconfigured answers it)."""
-    import json
-
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/model", timeout=5) as resp:
-                last = json.loads(resp.read())
+            last = _get_json(f"{url}/model", token)
             if str(last.get("version")) == str(version):
                 return
         except OSError as exc:

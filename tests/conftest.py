@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +131,14 @@ def pipeline_data_dir(fashion_mnist_dir: Path, tmp_path: Path) -> Path:
     (data_dir / "raw").mkdir(parents=True)
     (data_dir / "raw" / "fashion_mnist").symlink_to(TEST_DATA_DIR / "raw" / "fashion_mnist")
     return data_dir
+
+
+def fuzz_openapi(app_url: str, workdir: Path, max_time_s: int = 30) -> subprocess.CompletedProcess:
+    """schemathesis (`st run`, every check) against the app's own /openapi.json; see tests/schemathesis.toml.
+    It runs in `workdir`, where it keeps its example database."""
+    st = Path(sys.executable).with_name("st")
+    return subprocess.run(
+        [str(st), "--config-file", str(Path(__file__).parent / "schemathesis.toml"), "run", f"{app_url}/openapi.json",
+         "--url", app_url, "--checks", "all", "--max-time", str(max_time_s), "--no-color"],
+        capture_output=True, text=True, timeout=max_time_s + 120, cwd=workdir,
+    )

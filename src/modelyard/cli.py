@@ -177,6 +177,49 @@ def pipeline(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, recip
 
 
 @app.command()
+def rollback(
+    task: Annotated[str, typer.Argument(help="The registered model name (GET / on the server lists them).")],
+    params: ParamsOpt = Path("params.yaml"),
+    wait_s: Annotated[float, typer.Option(help="Seconds to wait for serving to answer with it (0: don't).")] = 120.0,
+) -> None:
+    """Give `champion` back to the version it had before; the served application follows in place."""
+    import time
+    import urllib.request
+
+    from modelyard import registry
+
+    cfg = load_config(params)
+    uri = cfg.registry.resolved_tracking_uri()
+    try:
+        was, now = registry.rollback(uri, task, champion_alias=cfg.registry.champion_alias)
+    except LookupError as exc:
+        raise typer.BadParameter(str(exc), param_hint="task") from exc
+    typer.echo(f"{task}: @{cfg.registry.champion_alias} moved from v{was} back to v{now}")
+    if wait_s <= 0:
+        return
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route(task)}/model"
+    request = urllib.request.Request(url)
+    if token := os.environ.get(cfg.serve.auth_token_env):
+        request.add_header("Authorization", f"Bearer {token}")
+    deadline, served = time.monotonic() + wait_s, None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                info = json.loads(resp.read())
+        except OSError:
+            typer.echo(f"nothing serves {task} at {url}; the next deploy serves v{now}")
+            return
+        served = {str(v) for v in (info.get("replicas") or {}).values()} or {str(info.get("version"))}
+        if served == {now}:
+            typer.echo(f"{url} answers with v{now} (every replica)")
+            return
+        time.sleep(0.5)
+    typer.echo(f"{url} still answers with {sorted(served or [])} after {wait_s:.0f} s (is serve.follow_aliases_s 0?)",
+               err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
 def samples(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,

@@ -197,17 +197,86 @@ class RegistryConfig(_Section):
         return uri
 
 
+class AutoscalingConfig(_Section):
+    """Ray Serve's autoscaling for one application: replicas follow the requests each one has in flight."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0, description="In-flight requests per replica to aim for.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
+class CanaryConfig(_Section):
+    """Send a share of live traffic to the `challenger` version as well as the champion."""
+
+    share: float = Field(0.0, ge=0, le=1, description="Fraction of requests the challenger also answers.")
+    # split: those requests get the challenger's answer. mirror: they still get the champion's; the
+    # challenger's is only compared. Either way both versions run on them and their agreement is counted.
+    mode: Literal["split", "mirror"] = "split"
+
+
+class AppConfig(_Section):
+    """Per-task serving settings; any left unset take the `serve` section's value."""
+
+    replicas: int | None = Field(None, ge=1)
+    max_batch_size: int | None = Field(None, ge=1)
+    batch_wait_timeout_s: float | None = Field(None, ge=0)
+    autoscaling: AutoscalingConfig | None = None
+    canary: CanaryConfig | None = None
+
+
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # Every task (registered model) is served as its own application under <route_prefix><model name>;
+    # GET <route_prefix> lists them.
     route_prefix: str = "/"
+    # `proxy`: Ray Serve's own HTTP proxy actor. `haproxy`: HAProxy in front of replicas that serve HTTP
+    # themselves (RAY_SERVE_ENABLE_HA_PROXY=1, set where the Ray cluster starts). See the README's figures.
+    ingress: Literal["proxy", "haproxy"] = "proxy"
     replicas: int = Field(2, ge=1)
     max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    # 0: a batch is whatever is queued when the replica is free (no added wait at low load; under load,
+    # requests queue while a forward pass runs and form the next batch).
+    batch_wait_timeout_s: float = Field(0.0, ge=0)
     max_upload_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # Logical CPUs each replica reserves. 0 lets serving share a small machine with training (which needs
     # a CPU per worker); reserve real CPUs on a cluster.
     replica_cpus: float = Field(0.0, ge=0)
+    # Torch threads per replica; 0 = this machine's cores shared out among the replicas.
+    replica_threads: int = Field(0, ge=0)
+    autoscaling: AutoscalingConfig | None = None
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    # Replicas check the registry this often and load a version that took the champion (or challenger)
+    # alias since, in place: a promotion or `modelyard rollback` reaches serving without a redeploy.
+    follow_aliases_s: float = Field(5.0, ge=0, description="0 turns following off (serve what deploy named).")
+    # When this environment variable is set where `deploy` runs, every route but /health wants
+    # `Authorization: Bearer <its value>` (401 otherwise). The token itself never goes in params.yaml.
+    auth_token_env: str = "MODELYARD_SERVE_TOKEN"
+    access_log: bool = Field(False, description="One log line per request in every replica (costs CPU).")
+    apps: dict[str, AppConfig] = Field(default_factory=dict, description="Overrides per registered model name.")
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"route_prefix must start with '/', got {v!r}")
+        return v.rstrip("/") + "/"
+
+    def for_app(self, model_name: str) -> ServeConfig:
+        """This section with the overrides of `apps[model_name]` applied."""
+        app = self.apps.get(model_name)
+        if app is None:
+            return self
+        return self.model_copy(update={k: getattr(app, k) for k in app.model_fields_set if getattr(app, k) is not None})
+
+    def route(self, model_name: str) -> str:
+        return f"{self.route_prefix}{model_name}"
 
 
 class PipelineConfig(_Section):

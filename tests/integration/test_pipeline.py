@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import small_config
+from conftest import fuzz_openapi, small_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,7 +52,8 @@ def pipeline_run(prefect_api, fashion_mnist_dir, tmp_path_factory):
 
 
 def url(cfg, path: str) -> str:
-    return f"http://{cfg.serve.host}:{cfg.serve.port}{path}"
+    """`path` on the task's own application (/<model name>/...)."""
+    return f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route(cfg.model_name)}{path}"
 
 
 def test_flow_completes_with_every_stage_and_registers_a_champion(pipeline_run):
@@ -248,3 +249,175 @@ def test_a_new_champion_is_rolled_in_while_requests_keep_succeeding(pipeline_run
     assert requests.get(url(cfg, "/model"), timeout=10).json()["version"] == new_version
     assert statuses and all(s == 200 for s in statuses), statuses
     assert old_version in versions  # traffic was answered by the old model before the swap
+
+
+def test_openapi_documents_every_answer_and_survives_fuzzing(pipeline_run, tmp_path):
+    """schemathesis reads the app's schema and sends what it allows and what it does not, with every check on:
+    no 5xx, no undocumented status code, every 4xx body matches the documented {"error", "detail"}."""
+    cfg, _, _ = pipeline_run
+    schema = requests.get(url(cfg, "/openapi.json"), timeout=10).json()
+    predict = schema["paths"]["/predict"]["post"]
+    assert set(predict["requestBody"]["content"]) == {"multipart/form-data"}  # an image model reads images only
+    assert {"400", "413", "415", "422", "503"} <= set(predict["responses"])
+    result = fuzz_openapi(url(cfg, ""), tmp_path)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failures" not in result.stdout.split("SUMMARY")[-1]
+
+
+class Traffic:
+    """Requests in a loop from a background thread, recording (seconds since start, status, version)."""
+
+    def __init__(self, target: str, data: bytes, headers: dict | None = None) -> None:
+        import threading
+
+        self.target, self.data, self.headers = target, data, headers or {}
+        self.answers: list[tuple[float, int, str | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        import time
+
+        start = time.monotonic()
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                resp = session.post(self.target, files={"file": ("x.png", self.data)}, headers=self.headers, timeout=60)
+                version = resp.json()["model"]["version"] if resp.ok else None
+                self.answers.append((time.monotonic() - start, resp.status_code, version))
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def failures(self) -> list:
+        return [a for a in self.answers if a[1] != 200]
+
+
+def test_rollback_moves_the_champion_back_and_serving_follows_under_load(pipeline_run, image_bytes, tmp_path):
+    """`modelyard rollback` (the real CLI) after the roll-in above: v2 -> v1 with no failed request, and once
+    the CLI has seen v1 served, every answer comes from v1."""
+    import subprocess
+    import sys
+    import time
+
+    from modelyard import registry
+
+    cfg, _, result = pipeline_run
+    uri = cfg.registry.resolved_tracking_uri()
+    first = result["registry"]["version"]
+    rolled_in = registry.get_version(uri, cfg.model_name, alias="champion").version
+    assert rolled_in != first  # the roll-in test above made a newer version champion
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True)))
+    with Traffic(url(cfg, "/predict"), image_bytes["bag"]) as traffic:
+        time.sleep(1.0)
+        cli = subprocess.run([sys.executable, "-m", "modelyard.cli", "rollback", cfg.model_name, "-p", str(params)],
+                             capture_output=True, text=True, timeout=180)
+        switched_at = traffic.answers[-1][0]
+        time.sleep(2.0)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert f"moved from v{rolled_in} back to v{first}" in cli.stdout and f"answers with v{first} (every replica)" in cli.stdout
+    assert registry.get_version(uri, cfg.model_name, alias="champion").version == first
+    assert not traffic.failures, traffic.failures
+    before = {v for t, _, v in traffic.answers if t < 1.0}
+    after = {v for t, _, v in traffic.answers if t > switched_at + 0.5}  # the CLI returned once every replica had it
+    assert before == {rolled_in} and after == {first}, (before, after)
+    # The version rolled away from is marked; a second rollback has nowhere earlier to go.
+    assert "modelyard.rolled_back" in registry.get_version(uri, cfg.model_name, version=rolled_in).tags
+    again = subprocess.run([sys.executable, "-m", "modelyard.cli", "rollback", cfg.model_name, "-p", str(params)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "first 'champion'" in again.stdout + again.stderr
+
+
+def test_every_task_is_its_own_app_listed_at_the_root(pipeline_run, test_sample):
+    """A second task deployed beside the first: GET / lists both with their versions, and the first one's
+    replicas are not touched by it."""
+    import numpy as np
+    from ray import serve
+
+    from modelyard import registry
+    from serving.deploy import deploy
+
+    cfg, _, _ = pipeline_run
+    uri = cfg.registry.resolved_tracking_uri()
+    other = f"{cfg.model_name}-second-task"
+    run_id = registry.start_run(uri, cfg.registry.experiment, params={"note": "second task"})
+    version = registry.log_model(uri, run_id, Path(cfg.train.output_dir) / "model", other,
+                                 input_example=np.ascontiguousarray(test_sample.images[:2]), pip_requirements=["torch"])
+    registry.set_alias(uri, other, "champion", version)
+    first_info = requests.get(url(cfg, "/model"), timeout=10).json()
+    first_deployed = serve.status().applications[cfg.model_name].last_deployed_time_s
+    from modelyard.config import AppConfig
+
+    cfg_one = cfg.serve.model_copy(update={"apps": {other: AppConfig(replicas=1)}})
+    served = deploy(cfg_one, cfg.registry, model_name=other, tracking_uri=uri)
+
+    index = requests.get(f"http://{cfg.serve.host}:{cfg.serve.port}/", timeout=10).json()
+    listed = {a["task"]: (a["route"], a["version"]) for a in index["apps"]}
+    assert listed == {cfg.model_name: (f"/{cfg.model_name}", first_info["version"]), other: (f"/{other}", version)}
+    assert served["url"].endswith(f"/{other}")
+    assert requests.get(f"{served['url']}/model", timeout=10).json()["version"] == version
+    status = serve.status().applications
+    assert len(status[other].deployments["ModelServer"].replica_states) >= 1
+    assert status[cfg.model_name].last_deployed_time_s == first_deployed  # the first app was not redeployed
+    assert set(requests.get(url(cfg, "/model"), timeout=10).json()["replicas"]) == set(first_info["replicas"])
+    serve.delete(other)
+
+
+def test_a_canary_share_reaches_the_challenger_and_is_counted_per_version(pipeline_run, image_bytes):
+    """Half the traffic goes to @challenger as well (split: it answers them); /model counts requests per
+    version and the agreement with the champion. Both versions hold the same weights, so they agree."""
+    import os
+
+    from modelyard import registry
+    from serving.deploy import deploy
+
+    cfg, _, _ = pipeline_run
+    uri = cfg.registry.resolved_tracking_uri()
+    champion = registry.get_version(uri, cfg.model_name, alias="champion").version
+    challenger = registry.latest_version(uri, cfg.model_name)
+    assert challenger != champion
+    registry.set_alias(uri, cfg.model_name, "challenger", challenger)
+    before = requests.get(url(cfg, "/model"), timeout=10).json()["traffic"]
+    canary = cfg.serve.model_copy(update={"canary": cfg.serve.canary.model_copy(update={"share": 0.5})})
+    deploy(canary, cfg.registry, model_name=cfg.model_name, tracking_uri=uri)
+    info = requests.get(url(cfg, "/model"), timeout=10).json()
+    assert info["challenger"]["version"] == challenger and info["canary"] == {"share": 0.5, "mode": "split"}
+    versions = [requests.post(url(cfg, "/predict"), files={"file": ("bag.png", image_bytes["bag"])}, timeout=30)
+                .json()["model"]["version"] for _ in range(80)]
+    import time
+
+    time.sleep(2.5)  # replicas hand their counts over every second
+    after = requests.get(url(cfg, "/model"), timeout=10).json()["traffic"]
+
+    def grew(version: str, key: str) -> int:
+        return after[version][key] - before.get(version, {}).get(key, 0)
+
+    to_challenger = versions.count(challenger)
+    assert 20 <= to_challenger <= 60, versions  # 80 draws at 0.5
+    assert grew(champion, "requests") == 80 and grew(challenger, "requests") == to_challenger
+    assert grew(challenger, "compared_with_champion") == to_challenger and after[challenger]["agreement"] == 1.0
+    assert after[champion]["p99_ms"] > 0
+
+    # Optional auth: with a token configured every route but /health wants it.
+    os.environ[cfg.serve.auth_token_env] = "s3cret-token"
+    try:
+        deploy(cfg.serve, cfg.registry, model_name=cfg.model_name, tracking_uri=uri)
+        denied = requests.post(url(cfg, "/predict"), files={"file": ("bag.png", image_bytes["bag"])}, timeout=30)
+        assert denied.status_code == 401 and denied.json()["error"] == "unauthorized"
+        assert requests.get(url(cfg, "/model"), timeout=10).status_code == 401
+        assert requests.get(f"http://{cfg.serve.host}:{cfg.serve.port}/", timeout=10).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert requests.get(url(cfg, "/model"), headers=wrong, timeout=10).status_code == 401
+        assert requests.get(url(cfg, "/health"), timeout=10).status_code == 200
+        ok = requests.post(url(cfg, "/predict"), files={"file": ("bag.png", image_bytes["bag"])},
+                           headers={"Authorization": "Bearer s3cret-token"}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["model"]["version"] == champion
+    finally:
+        del os.environ[cfg.serve.auth_token_env]
+        deploy(cfg.serve, cfg.registry, model_name=cfg.model_name, tracking_uri=uri)

@@ -121,9 +121,14 @@ def test_the_deployment_run_from_the_api_trains_registers_and_serves(stack, imag
                        timeout=10).json()["run"]
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     assert run["info"]["status"] == "FINISHED" and metrics["test/accuracy"] > 0.60  # chance is 0.10
+    # GET / lists the served tasks; each has its own route.
+    index = requests.get(f"{stack.serve_url}/", timeout=10).json()
+    assert {"task": stack.cfg.model_name, "version": version} in [
+        {"task": a["task"], "version": a["version"]} for a in index["apps"]], index
+    route = next(a["route"] for a in index["apps"] if a["task"] == stack.cfg.model_name)
     correct = 0
     for stem, data in image_bytes.items():
-        resp = requests.post(f"{stack.serve_url}/predict", files={"file": (f"{stem}.png", data, "image/png")},
+        resp = requests.post(f"{stack.serve_url}{route}/predict", files={"file": (f"{stem}.png", data, "image/png")},
                              timeout=30)
         assert resp.status_code == 200, resp.text
         body = resp.json()

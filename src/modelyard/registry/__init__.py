@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -167,6 +168,18 @@ def get_version(tracking_uri: str, name: str, *, alias: str | None = None, versi
                             tags=dict(mv.tags), source=mv.source)
 
 
+def with_alias(tracking_uri: str, alias: str) -> list[ModelVersionInfo]:
+    """The version holding `alias` of every registered model that has one, by model name."""
+    client = _client(tracking_uri)
+    found = []
+    for model in client.search_registered_models(max_results=1000):
+        if alias in (model.aliases or {}):
+            mv = get_version(tracking_uri, model.name, alias=alias)
+            if mv is not None:
+                found.append(mv)
+    return sorted(found, key=lambda mv: mv.name)
+
+
 def set_version_tags(tracking_uri: str, name: str, version: str, tags: dict[str, Any]) -> None:
     client = _client(tracking_uri)
     for k, v in tags.items():
@@ -205,6 +218,33 @@ def fetched_model_dir(tracking_uri: str, name: str, *, alias: str | None = None,
     """`download_model_dir` into a temporary directory that is removed when the block ends."""
     with tempfile.TemporaryDirectory(prefix="modelyard-model-") as tmp:
         yield download_model_dir(tracking_uri, name, dst_dir=tmp, alias=alias, version=version)
+
+
+PREVIOUS_CHAMPION_TAG = "modelyard.previous_champion"
+
+
+def rollback(tracking_uri: str, name: str, *, champion_alias: str = "champion") -> tuple[str, str]:
+    """Move `champion_alias` back to the version it held before the current one; returns (from, to).
+
+    Each promotion records the version it replaced on the new champion (tag `modelyard.previous_champion`),
+    so rolling back twice steps back twice. An alias set by hand (MLflow UI) has no such record; then the
+    newest earlier version not itself rolled back is taken. The version left is tagged `modelyard.rolled_back`.
+    """
+    current = get_version(tracking_uri, name, alias=champion_alias)
+    if current is None:
+        raise LookupError(f"'{name}' has no '{champion_alias}' version to roll back from")
+    previous = current.tags.get(PREVIOUS_CHAMPION_TAG)
+    if not previous:
+        earlier = [int(mv.version) for mv in _client(tracking_uri).search_model_versions(f"name = '{name}'")
+                   if int(mv.version) < int(current.version) and "modelyard.rolled_back" not in (mv.tags or {})]
+        if not earlier:
+            raise LookupError(f"'{name}' v{current.version} is the first '{champion_alias}': there is no earlier one")
+        previous = str(max(earlier))
+    if get_version(tracking_uri, name, version=previous) is None:
+        raise LookupError(f"'{name}' v{previous}, the champion before v{current.version}, no longer exists")
+    set_alias(tracking_uri, name, champion_alias, previous)
+    set_version_tags(tracking_uri, name, current.version, {"modelyard.rolled_back": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return current.version, previous
 
 
 # ---- promotion ------------------------------------------------------------------------------------------
@@ -265,6 +305,7 @@ def promote_if_better(
         raise ValueError(f"champion v{champion.version} was scored on another test set and no re-scorer was given")
 
     if value >= champ_value:
+        set_version_tags(tracking_uri, name, version, {PREVIOUS_CHAMPION_TAG: champion.version})
         set_alias(tracking_uri, name, champion_alias, version)
         reason = (f"{metric} {value:.4f} >= champion v{champion.version}'s {champ_value:.4f} ({basis}); "
                   f"v{champion.version} steps down")
