@@ -47,16 +47,19 @@ run: data up  ## everything: install, fetch, start the stack, run the pipeline o
 	@source infra/env.sh
 	echo "==> running the training-pipeline deployment (follow it in the Prefect UI too)"
 	$(BIN)/python -m pipelines.trigger --worker-log "$$RUN_DIR/logs/runner.log" $(if $(RECIPE),--recipe $(RECIPE))
+	echo "==> serving every task that has a champion"
+	$(BIN)/python -m serving "$$MODELYARD_PARAMS" > "$$RUN_DIR/logs/serving.json"
 	SERVE_PORT=$$($(BIN)/python -c 'from modelyard.config import load_config; print(load_config("'"$$MODELYARD_PARAMS"'").serve.port)')
+	TASK=$$($(BIN)/modelyard show-config -p "$$MODELYARD_PARAMS" $(if $(RECIPE),--recipe $(RECIPE)) | sed -n 's/^# registered model name: //p')
 	echo
 	echo "  Prefect UI      http://127.0.0.1:$$PREFECT_PORT"
 	echo "  MLflow UI       http://127.0.0.1:$$MLFLOW_PORT"
 	echo "  Ray dashboard   http://127.0.0.1:$$RAY_DASHBOARD_PORT  (sign in with the token in $${RAY_AUTH_TOKEN_PATH#$$PWD/})"
-	echo "  Predictions     http://127.0.0.1:$$SERVE_PORT  (GET /health, GET /model, POST /predict; docs at /docs)"
+	echo "  Served tasks    http://127.0.0.1:$$SERVE_PORT/  (each at /<task>/: POST predict, GET model, GET health, docs)"
 	echo
 	echo "Classify a real test image:"
-	echo "  curl -F file=@data/samples/shirt.png http://127.0.0.1:$$SERVE_PORT/predict"
-	echo "Stop everything with: make down"
+	echo "  curl -F file=@data/samples/shirt.png http://127.0.0.1:$$SERVE_PORT/$$TASK/predict"
+	echo "Roll the champion back: .venv/bin/modelyard rollback $$TASK    Stop everything: make down"
 
 down:  ## stop everything `make up` / `make run` started (by recorded pids)
 	@infra/stack.sh down
@@ -64,7 +67,7 @@ down:  ## stop everything `make up` / `make run` started (by recorded pids)
 status:  ## which stack services are running
 	@infra/stack.sh status
 
-serve: setup  ## (re)deploy the current champion to the running stack's Ray cluster, without training
+serve: setup  ## (re)deploy every task's champion to the running stack's Ray cluster, without training
 	@source infra/env.sh
 	$(BIN)/python -m serving "$$MODELYARD_PARAMS"
 
@@ -80,6 +83,7 @@ repro: setup  ## dvc repro with the embedded defaults (no server needed)
 bench: setup  ## benchmarks (print ratios against a baseline measured in the same run)
 	$(BIN)/python -m bench.train_step
 	$(BIN)/python -m bench.train_epoch --also-workers 2
+	$(BIN)/python -m bench.serve
 
 clean: down  ## remove run state and pipeline outputs (keeps .venv, data/raw and the MLflow store)
 	rm -rf .run artifacts reports data/prepared

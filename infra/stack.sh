@@ -45,6 +45,15 @@ up() {
   start prefect "$VENV/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
   start mlflow "$VENV/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
     --backend-store-uri "sqlite:///$MLFLOW_STORE_DIR/mlflow.db" --default-artifact-root "file://$MLFLOW_STORE_DIR/artifacts"
+  # serve.ingress: haproxy is read by Serve's controller, so it is set where the Ray head starts. HAProxy's
+  # files go under the run directory (Ray's default is a fixed /tmp path shared by every stack).
+  if [[ "$("$VENV/python" -c 'from modelyard.config import load_config; print(load_config("'"$MODELYARD_PARAMS"'").serve.ingress)')" == haproxy ]]; then
+    mkdir -p "$RUN_DIR/haproxy"
+    export RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_CONFIG_FILE_LOC="$RUN_DIR/haproxy/haproxy.cfg" \
+           RAY_SERVE_HAPROXY_SOCKET_PATH="$RUN_DIR/haproxy/admin.sock" RAY_SERVE_HAPROXY_SERVER_STATE_BASE="$RUN_DIR/haproxy" \
+           RAY_SERVE_HAPROXY_SERVER_STATE_FILE="$RUN_DIR/haproxy/server-state"
+    say "serving ingress: HAProxy (its stats and metrics ports, ${RAY_SERVE_HAPROXY_STATS_PORT:-8404} and ${RAY_SERVE_HAPROXY_METRICS_PORT:-9101}, listen on every interface)"
+  fi
   # --block keeps `ray start` in the foreground of its own session, so its pid owns the whole Ray head.
   start ray "$VENV/ray" start --head --block --node-ip-address 127.0.0.1 --port "$RAY_PORT" \
     --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" --ray-client-server-port "$RAY_CLIENT_PORT" \
