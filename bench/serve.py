@@ -1,8 +1,11 @@
 """Serving throughput and latency: modelyard's Ray Serve app (default proxy, HAProxy ingress) against the plain
 FastAPI + uvicorn server a user would write (bench/plain_server.py), same model, same client, same images.
 
-    python -m bench.serve [--duration 15] [--concurrency 1 8 32] [--targets plain proxy haproxy]
-                          [--tracking-uri URI --model NAME]
+    python -m bench.serve [--duration 15] [--concurrency 1 8 32]
+                          [--targets plain proxy haproxy proxy+onnx haproxy+onnx] [--tracking-uri URI --model NAME]
+
+A target is the plain server, or modelyard's app as <ingress>[+onnx]: Ray's `proxy` or `haproxy`, with the
+torch backend or (+onnx) the onnxruntime one running the version's ONNX export.
 
 Without --tracking-uri it trains the default image recipe's model (`fashion-cnn`, one epoch on 6,000 images:
 the speed of a forward pass does not depend on how well it was trained) into a temporary MLflow store. The
@@ -42,7 +45,7 @@ def serve_child(args: argparse.Namespace) -> None:
     configure_environment()
     from serving.deploy import deploy
 
-    serve_cfg = ServeConfig(port=args.port, ingress=args.ingress, follow_aliases_s=0)
+    serve_cfg = ServeConfig(port=args.port, ingress=args.ingress, follow_aliases_s=0, backend=args.backend)
     served = deploy(serve_cfg, RegistryConfig(tracking_uri=args.tracking_uri), model_name=args.model,
                     tracking_uri=args.tracking_uri)
     print(json.dumps(served), flush=True)
@@ -55,8 +58,9 @@ def start_server(target: str, port: int, tracking_uri: str, model: str, model_di
         cmd = [sys.executable, "-m", "bench.plain_server", "--model-dir", str(model_dir), "--port", str(port)]
         url = f"http://127.0.0.1:{port}/predict"
     else:
-        cmd = [sys.executable, "-m", "bench.serve", "--serve-child", "--ingress", target, "--port", str(port),
-               "--tracking-uri", tracking_uri, "--model", model]
+        ingress, _, onnx = target.partition("+")
+        cmd = [sys.executable, "-m", "bench.serve", "--serve-child", "--ingress", ingress, "--port", str(port),
+               "--tracking-uri", tracking_uri, "--model", model, "--backend", "onnxruntime" if onnx else "torch"]
         url = f"http://127.0.0.1:{port}/{model}/predict"
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
@@ -187,13 +191,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--targets", nargs="+", default=["plain", "proxy", "haproxy"],
-                        choices=["plain", "proxy", "haproxy"])
+    parser.add_argument("--targets", nargs="+", default=["plain", "proxy", "haproxy", "proxy+onnx", "haproxy+onnx"],
+                        choices=["plain", "proxy", "haproxy", "proxy+onnx", "haproxy+onnx"])
     parser.add_argument("--tracking-uri")
     parser.add_argument("--model")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ingress", default="proxy", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_child:
         return serve_child(args)
@@ -222,7 +227,7 @@ def main() -> None:
                 for c in args.concurrency:
                     r = asyncio.run(load(url, images, c, args.duration))
                     results[target][c] = r
-                    print(f"{target:8s} c={c:<3d} {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
+                    print(f"{target:12s} c={c:<3d} {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
                           f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}", flush=True)
             finally:
                 stop_server(proc)

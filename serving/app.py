@@ -82,7 +82,8 @@ class ServerSettings:
     max_upload_bytes: int = 4 * 1024 * 1024
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.0
-    threads: int = 1  # torch threads in each replica
+    threads: int = 1  # torch (or ONNX Runtime) threads in each replica
+    backend: str = "torch"  # torch | onnxruntime
     canary_share: float = 0.0
     canary_mode: str = "split"  # split | mirror
     follow_aliases_s: float = 5.0
@@ -250,7 +251,8 @@ class ModelServer:
     def _load(self, version: str) -> Loaded:
         s = self.settings
         with registry.fetched_model_dir(s.tracking_uri, s.model_name, version=version) as (model_dir, mv):
-            predictor = Predictor.from_dir(model_dir)  # weights now in memory; the download is removed
+            # weights (and the ONNX session) now in memory; the download is removed after this block
+            predictor = Predictor.from_dir(model_dir, backend=s.backend, threads=s.threads)
         run = registry.get_run(s.tracking_uri, mv.run_id) if mv.run_id else {"metrics": {}}
         info = {
             "name": s.model_name,
@@ -260,6 +262,8 @@ class ModelServer:
             "run_id": mv.run_id,
             "source": mv.source,
             "labels": predictor.labels,
+            "backend": predictor.backend,
+            "backend_note": predictor.backend_note,
             "test_metrics": {k.removeprefix("test/"): v for k, v in run["metrics"].items()
                              if k.startswith("test/") and "/f1/" not in k},
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

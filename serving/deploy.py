@@ -90,7 +90,7 @@ def _run_app(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, model_name: s
         challenger_alias=registry_cfg.challenger_alias, max_upload_bytes=cfg.max_upload_bytes,
         max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s, threads=threads,
         canary_share=canary.share, canary_mode=canary.mode, follow_aliases_s=cfg.follow_aliases_s,
-        auth_token=_token(cfg),
+        auth_token=_token(cfg), backend=cfg.backend,
     )
     autoscaling = cfg.autoscaling.model_dump() if cfg.autoscaling else None
     app = build_app(settings, version, challenger=challenger, replicas=cfg.replicas,

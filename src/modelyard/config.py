@@ -184,6 +184,8 @@ class RegistryConfig(_Section):
     )
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
+    # Export each registered version to ONNX (model.onnx + onnx.json with the parity check on real test rows).
+    export_onnx: bool = True
 
     def resolved_tracking_uri(self) -> str:
         """The explicit URI, else $MLFLOW_TRACKING_URI, else the embedded sqlite store.
@@ -228,6 +230,7 @@ class AppConfig(_Section):
     batch_wait_timeout_s: float | None = Field(None, ge=0)
     autoscaling: AutoscalingConfig | None = None
     canary: CanaryConfig | None = None
+    backend: Literal["torch", "onnxruntime"] | None = None
 
 
 class ServeConfig(_Section):
@@ -250,6 +253,9 @@ class ServeConfig(_Section):
     replica_cpus: float = Field(0.0, ge=0)
     # Torch threads per replica; 0 = this machine's cores shared out among the replicas.
     replica_threads: int = Field(0, ge=0)
+    # onnxruntime: the version's ONNX export runs the forward pass (torch when it has none that passed its
+    # parity check; GET /<task>/model says which and why).
+    backend: Literal["torch", "onnxruntime"] = "torch"
     autoscaling: AutoscalingConfig | None = None
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
     # Replicas check the registry this often and load a version that took the champion (or challenger)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,6 +121,16 @@ def register(cfg: PipelineConfig) -> dict[str, Any]:
         return _register(cfg)
 
 
+def _onnx_markdown(tags: dict[str, Any]) -> str:
+    if not tags:
+        return ""
+    if tags.get("onnx.status") == "ok":
+        return (f"\n## ONNX\n\nExported (`model.onnx`, dynamic batch axis) in {tags['onnx.export_s']} s; ONNX Runtime "
+                f"against PyTorch on {tags['onnx.rows']} test rows: max |logit diff| "
+                f"{tags['onnx.max_abs_logit_diff']:.2e}, argmax agreement {tags['onnx.argmax_agreement']:.4f}.\n")
+    return f"\n## ONNX\n\nNot usable, so serving runs this version with torch: {tags.get('onnx.reason')}\n"
+
+
 def _register(cfg: PipelineConfig) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
@@ -150,12 +162,22 @@ def _register(cfg: PipelineConfig) -> dict[str, Any]:
     registry.log_artifacts(tracking_uri, run_id, cfg.validate_.report_dir, "validation")
 
     test = load_split(cfg.data.dataset_dir, "test")
-    example = pd.DataFrame({"text": test.texts[:2]}) if isinstance(test, TextSplit) else np.ascontiguousarray(test.images[:2])
-    version = registry.log_model(
-        tracking_uri, run_id, train_dir / "model", cfg.model_name,
-        input_example=example, pip_requirements=_pip_requirements(cfg.model.name),
-    )
-    registry.set_version_tags(tracking_uri, cfg.model_name, version, lineage)
+    is_text = isinstance(test, TextSplit)
+    example = pd.DataFrame({"text": test.texts[:2]}) if is_text else np.ascontiguousarray(test.images[:2])
+    with tempfile.TemporaryDirectory(prefix="modelyard-register-") as tmp:
+        model_dir, onnx_tags = train_dir / "model", {}
+        if cfg.registry.export_onnx:  # into a copy: the train stage's output stays as DVC recorded it
+            from modelyard.inference.onnx import export_and_check
+
+            model_dir = Path(shutil.copytree(train_dir / "model", Path(tmp) / "model"))
+            check_rows = list(test.texts[:64]) if is_text else test.images[:256]
+            onnx_report = export_and_check(model_dir, check_rows)
+            onnx_tags = {f"onnx.{k}": v for k, v in onnx_report.items()}
+        version = registry.log_model(
+            tracking_uri, run_id, model_dir, cfg.model_name,
+            input_example=example, pip_requirements=_pip_requirements(cfg.model.name),
+        )
+    registry.set_version_tags(tracking_uri, cfg.model_name, version, lineage | onnx_tags)
     decision = registry.promote_if_better(
         tracking_uri, cfg.model_name, version,
         metric="test.accuracy", value=float(evaluation["accuracy"]), test_set_hash=evaluation["test_set_sha256"],
@@ -164,7 +186,7 @@ def _register(cfg: PipelineConfig) -> dict[str, Any]:
     )
     out = registration_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    report = (eval_dir / "report.md").read_text() + "\n" + decision.to_markdown()
+    report = (eval_dir / "report.md").read_text() + "\n" + decision.to_markdown() + _onnx_markdown(onnx_tags)
     (out / "report.md").write_text(report)
     summary = {"run_id": run_id, "tracking_uri": tracking_uri, "model_uri": f"models:/{cfg.model_name}/{version}",
                **decision.to_dict()}

@@ -102,6 +102,12 @@ def test_mlflow_run_has_params_metrics_artifacts_and_lineage(pipeline_run):
     assert "evaluation/confusion_matrix.png" in evaluation
     mv = client.get_model_version_by_alias(cfg.model_name, "champion")
     assert str(mv.version) == result["registry"]["version"]
+    # Exported to ONNX at registration, parity checked on 256 real test images and recorded on the version.
+    assert mv.tags["onnx.status"] == "ok" and mv.tags["onnx.rows"] == "256", mv.tags
+    assert float(mv.tags["onnx.max_abs_logit_diff"]) < 1e-3 and mv.tags["onnx.argmax_agreement"] == "1.0"
+    from modelyard.stages import registration_dir
+
+    assert "## ONNX\n\nExported" in (registration_dir(cfg) / "report.md").read_text()
 
 
 def offline_predictor(cfg):
@@ -161,6 +167,7 @@ def test_health_and_model_endpoints(pipeline_run):
     assert info["version"] == result["registry"]["version"] and info["run_id"] == result["registry"]["run_id"]
     assert info["test_metrics"]["accuracy"] == pytest.approx(result["test"]["accuracy"])
     assert "champion" in info["aliases"]
+    assert info["backend"] == "torch"  # the default; the canary test below serves it with onnxruntime
 
 
 def test_batching_answers_concurrent_requests(pipeline_run, image_bytes):
@@ -404,10 +411,14 @@ def test_a_canary_share_reaches_the_challenger_and_is_counted_per_version(pipeli
     assert grew(challenger, "compared_with_champion") == to_challenger and after[challenger]["agreement"] == 1.0
     assert after[champion]["p99_ms"] > 0
 
-    # Optional auth: with a token configured every route but /health wants it.
+    # Optional auth: with a token configured every route but /health wants it. Served by ONNX Runtime this
+    # time: the flow's registration exported the champion and checked its parity.
+    torch_answer = requests.post(url(cfg, "/predict"), files={"file": ("bag.png", image_bytes["bag"])},
+                                 timeout=30).json()
     os.environ[cfg.serve.auth_token_env] = "s3cret-token"
     try:
-        deploy(cfg.serve, cfg.registry, model_name=cfg.model_name, tracking_uri=uri)
+        deploy(cfg.serve.model_copy(update={"backend": "onnxruntime"}), cfg.registry, model_name=cfg.model_name,
+               tracking_uri=uri)
         denied = requests.post(url(cfg, "/predict"), files={"file": ("bag.png", image_bytes["bag"])}, timeout=30)
         assert denied.status_code == 401 and denied.json()["error"] == "unauthorized"
         assert requests.get(url(cfg, "/model"), timeout=10).status_code == 401
@@ -415,9 +426,15 @@ def test_a_canary_share_reaches_the_challenger_and_is_counted_per_version(pipeli
         wrong = {"Authorization": "Bearer nope"}
         assert requests.get(url(cfg, "/model"), headers=wrong, timeout=10).status_code == 401
         assert requests.get(url(cfg, "/health"), timeout=10).status_code == 200
-        ok = requests.post(url(cfg, "/predict"), files={"file": ("bag.png", image_bytes["bag"])},
-                           headers={"Authorization": "Bearer s3cret-token"}, timeout=30)
+        token = {"Authorization": "Bearer s3cret-token"}
+        ok = requests.post(url(cfg, "/predict"), files={"file": ("bag.png", image_bytes["bag"])}, headers=token,
+                           timeout=30)
         assert ok.status_code == 200 and ok.json()["model"]["version"] == champion
+        info = requests.get(url(cfg, "/model"), headers=token, timeout=10).json()
+        assert info["backend"] == "onnxruntime" and "argmax agreement 1.0000" in info["backend_note"]
+        assert ok.json()["index"] == torch_answer["index"]
+        for label, score in torch_answer["scores"].items():
+            assert ok.json()["scores"][label] == pytest.approx(score, abs=1e-4)
     finally:
         del os.environ[cfg.serve.auth_token_env]
         deploy(cfg.serve, cfg.registry, model_name=cfg.model_name, tracking_uri=uri)

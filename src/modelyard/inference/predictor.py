@@ -40,20 +40,35 @@ class Predictor:
     """A model ready to predict batches of what it was trained on: uint8 images shaped like its training data,
     or texts (a list of strings)."""
 
-    def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: str | torch.device = "cpu",
+                 onnx_session: Any = None, backend_note: str = "") -> None:
         self.model = model.eval()
         self.spec = spec
         self.preprocessor = spec.preprocessor()
         self.device = torch.device(device)
+        self._onnx = onnx_session  # an onnxruntime.InferenceSession running the forward pass instead of torch
+        self.backend = "onnxruntime" if onnx_session is not None else "torch"
+        self.backend_note = backend_note
 
     @property
     def modality(self) -> str:
         return self.spec.modality
 
     @classmethod
-    def from_dir(cls, model_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> Predictor:
+    def from_dir(cls, model_dir: str | os.PathLike[str], device: str | torch.device = "cpu", backend: str = "torch",
+                 threads: int | None = None) -> Predictor:
+        """`backend="onnxruntime"` runs the forward pass with the model's ONNX export when it passed its parity
+        check at registration; otherwise torch runs it and `backend_note` says why."""
         model, spec = load_model_dir(Path(model_dir), device)
-        return cls(model, spec, device)
+        if backend != "onnxruntime":
+            return cls(model, spec, device)
+        from modelyard.inference import onnx
+
+        ok, note = onnx.usable(model_dir)
+        if not ok:
+            return cls(model, spec, device, backend_note=f"torch, not onnxruntime: {note}")
+        return cls(model, spec, device, onnx_session=onnx.session(Path(model_dir) / onnx.ONNX_FILE, threads),
+                   backend_note=note)
 
     @property
     def labels(self) -> list[str]:
@@ -73,8 +88,11 @@ class Predictor:
         images = self.check_batch(inputs)
         out = []
         for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(self.device)
-            logits = self.model(self.preprocessor(x))
+            chunk = np.ascontiguousarray(images[start : start + batch_size])
+            if self._onnx is not None:
+                logits = torch.from_numpy(self._onnx.run(None, {"images": chunk})[0])
+            else:
+                logits = self.model(self.preprocessor(torch.from_numpy(chunk).to(self.device)))
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 
@@ -87,7 +105,10 @@ class Predictor:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             inputs = batch_inputs(torch.from_numpy(ids[rows]).long(), torch.from_numpy(lengths[rows]))
-            logits = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
+            if self._onnx is not None:
+                logits = torch.from_numpy(self._onnx.run(None, {k: v.numpy() for k, v in inputs.items()})[0])
+            else:
+                logits = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
             probs[rows] = torch.softmax(logits.float(), dim=1).cpu().numpy()
         return probs, truncated
 
