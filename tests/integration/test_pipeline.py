@@ -394,9 +394,10 @@ def test_canary_onnxruntime_and_auth_in_one_deploy(pipeline_run, image_bytes):
     challenger = registry.latest_version(uri, cfg.model_name)
     assert challenger != champion
     registry.set_alias(uri, cfg.model_name, "challenger", challenger)
-    before = requests.get(url(cfg, "/model"), timeout=10).json()["traffic"]
     torch_answer = requests.post(url(cfg, "/predict"), files={"file": ("bag.png", image_bytes["bag"])},
                                  timeout=30).json()
+    time.sleep(1.5)  # replicas hand their counts over every second: this request is in `before`
+    before = requests.get(url(cfg, "/model"), timeout=10).json()["traffic"]
     settings = cfg.serve.model_copy(update={
         "canary": cfg.serve.canary.model_copy(update={"share": 0.5}), "backend": "onnxruntime"})
     os.environ[cfg.serve.auth_token_env] = "s3cret-token"
