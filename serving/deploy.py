@@ -15,6 +15,8 @@ import time
 import urllib.request
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from modelyard import registry
 from modelyard.config import RegistryConfig, ServeConfig
 from modelyard.runtime import connect_ray
@@ -75,6 +77,18 @@ def _run_app(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, model_name: s
              tracking_uri: str, timeout_s: float) -> dict[str, Any]:
     from ray import serve
 
+    cfg = serve_cfg.for_app(model_name)
+    app = task_application(serve_cfg, registry_cfg, model_name, version, tracking_uri)
+    serve.run(app, name=model_name, route_prefix=cfg.route(model_name), blocking=False)
+    url = base_url(cfg) + cfg.route(model_name)
+    wait_for_version(url, version, timeout_s, token=_token(cfg))
+    log.info("serving %s v%s at %s", model_name, version, url)
+    return {"url": url, "name": model_name, "version": version}
+
+
+def task_application(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, model_name: str, version: str,
+                     tracking_uri: str) -> Any:
+    """The bound Serve application of one task, with `serve.apps.<model_name>` applied to the section."""
     from serving.app import ServerSettings, build_app
 
     cfg = serve_cfg.for_app(model_name)
@@ -93,13 +107,49 @@ def _run_app(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, model_name: s
         auth_token=_token(cfg), backend=cfg.backend,
     )
     autoscaling = cfg.autoscaling.model_dump() if cfg.autoscaling else None
-    app = build_app(settings, version, challenger=challenger, replicas=cfg.replicas,
-                    replica_cpus=cfg.replica_cpus, autoscaling=autoscaling, access_log=cfg.access_log)
-    serve.run(app, name=model_name, route_prefix=cfg.route(model_name), blocking=False)
-    url = base_url(cfg) + cfg.route(model_name)
-    wait_for_version(url, version, timeout_s, token=_token(cfg))
-    log.info("serving %s v%s at %s", model_name, version, url)
-    return {"url": url, "name": model_name, "version": version}
+    return build_app(settings, version, challenger=challenger, replicas=cfg.replicas,
+                     replica_cpus=cfg.replica_cpus, autoscaling=autoscaling, access_log=cfg.access_log)
+
+
+class TaskAppArgs(BaseModel):
+    """`args` of a task application in a Serve config file (`serve deploy`, KubeRay's `serveConfigV2`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(description="the registered model whose champion the application serves")
+    tracking_uri: str | None = Field(None, description="MLflow; $MLFLOW_TRACKING_URI when left out")
+    serve: dict[str, Any] = Field(default_factory=dict, description="params.yaml's `serve` keys for this app")
+    registry: dict[str, Any] = Field(default_factory=dict, description="params.yaml's `registry` keys")
+
+
+def task_app(args: dict[str, Any]) -> Any:
+    """Application builder for config files: `import_path: serving.deploy:task_app`, `args: {model_name: ...}`.
+
+    Serve calls it where the application is built (on the cluster); it reads the champion from MLflow there,
+    and the replicas then follow the aliases as they do under `deploy`.
+    """
+    args = TaskAppArgs.model_validate(args)  # a misspelt key is an error here, not a silently unused one
+    serve_cfg = ServeConfig.model_validate(args.serve)
+    registry_cfg = RegistryConfig.model_validate(args.registry)
+    tracking_uri = args.tracking_uri or registry_cfg.resolved_tracking_uri()
+    champion = registry.get_version(tracking_uri, args.model_name, alias=registry_cfg.champion_alias)
+    if champion is None:
+        raise LookupError(f"no '{registry_cfg.champion_alias}' version of '{args.model_name}' in {tracking_uri}")
+    return task_application(serve_cfg, registry_cfg, args.model_name, champion.version, tracking_uri)
+
+
+class IndexAppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    apps: list[dict[str, Any]] = Field(description="{task, route} of each task application in the same config")
+
+
+def index_app(args: dict[str, Any]) -> Any:
+    """Application builder of `GET /` for config files, listing the tasks the file serves."""
+    from serving.app import build_index
+
+    args = IndexAppArgs.model_validate(args)
+    return build_index(args.apps, os.environ.get(ServeConfig().auth_token_env) or None)
 
 
 def refresh_index(serve_cfg: ServeConfig) -> list[dict[str, Any]]:
