@@ -14,7 +14,7 @@ PIPFILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || 
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \
        RAY_USAGE_STATS_ENABLED=0 DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false
 
-.PHONY: help setup browser data up run down status serve test test-fast repro bench clean
+.PHONY: help setup browser data up run down status serve test reliability test-fast repro bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,7 +72,10 @@ serve: setup  ## (re)deploy every task's champion to the running stack's Ray clu
 	$(BIN)/python -m serving "$$MODELYARD_PARAMS"
 
 test: setup browser  ## the whole suite: real Ray, MLflow, Prefect, Ray Serve, and the stack of `make up` in a browser
-	$(BIN)/python -m pytest tests --durations=15
+	$(BIN)/python -m pytest tests -m "not reliability" --durations=15
+
+reliability: setup  ## faults, minutes of load and hostile input, each with its figure (CI: .ci/reliability)
+	$(BIN)/python -m pytest tests -m reliability -s --durations=0
 
 test-fast: setup  ## unit and data tests only
 	$(BIN)/python -m pytest tests/unit tests/data

@@ -13,6 +13,7 @@ import pytest
 
 from modelyard.config import DataConfig, PipelineConfig, load_config
 from modelyard.data.dataset import ImageSplit, load_split, read_metadata, write_dataset
+from modelyard.data.preprocess import ImagePreprocessor
 from modelyard.runtime import configure_environment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,3 +143,47 @@ def fuzz_openapi(app_url: str, workdir: Path, max_time_s: int = 30) -> subproces
          "--url", app_url, "--checks", "all", "--max-time", str(max_time_s), "--no-color"],
         capture_output=True, text=True, timeout=max_time_s + 120, cwd=workdir,
     )
+
+
+# ---- small registered models (the plain loop, seconds) ----------------------------------------------
+
+GRAY_28 = ImagePreprocessor((28, 28, 1), (28, 28, 1), (0.286,), (0.353,))
+
+
+def make_model(tmp_path, name, dataset_dir, class_names, *, train_epochs: int):
+    """An MLP trained for `train_epochs` epochs with the plain loop (0 = untrained)."""
+    import torch
+
+    from modelyard.data.augment import AugmentPolicy
+    from modelyard.models.artifact import ModelSpec, save_model_dir
+    from modelyard.training import loop
+
+    torch.manual_seed(0)
+    spec = ModelSpec(family="mlp", args={"hidden": 64, "dropout": 0.0}, labels=class_names,
+                     preprocessing=GRAY_28.to_dict())
+    model = spec.build()
+    train = load_split(dataset_dir, "train")
+    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    precision = loop.Precision(device=torch.device("cpu"))
+    opt = loop.build_optimizer(model, 0.05, 0.9, 0.0)
+    batches = loop.ImageBatches(images, labels, GRAY_28, AugmentPolicy(crop_padding=0, hflip_prob=0, erasing_prob=0))
+    for epoch in range(train_epochs):
+        loop.train_epoch(model, batches.train(torch.arange(len(labels)), 64, torch.Generator().manual_seed(epoch)),
+                         optimizer=opt, scheduler=None, precision=precision)
+    return save_model_dir(model.eval(), spec, tmp_path / name)
+
+
+def register(uri, name, model_dir, dataset_dir, test_hash, sample):
+    """Log `model_dir` as a new version of `name` and promote it if it scores at least the champion."""
+    from modelyard import registry
+    from modelyard.evaluation.evaluate import score_model_dir
+
+    run_id = registry.start_run(uri, "registry-test", params={"model": model_dir.name})
+    version = registry.log_model(uri, run_id, model_dir, name, input_example=sample, pip_requirements=["torch"])
+    accuracy = score_model_dir(model_dir, dataset_dir)["accuracy"]
+    decision = registry.promote_if_better(
+        uri, name, version, metric="test.accuracy", value=accuracy, test_set_hash=test_hash,
+        score_champion=lambda d: score_model_dir(d, dataset_dir)["accuracy"],
+    )
+    registry.end_run(uri, run_id)
+    return decision

@@ -55,10 +55,11 @@ def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = 
     tracking_uri = cfg.registry.resolved_tracking_uri() if track else None
     run_id = None
     if tracking_uri:
+        reap_orphaned_runs(tracking_uri, cfg.registry.experiment)
         run_id = registry.start_run(
             tracking_uri, cfg.registry.experiment, params=cfg.flat(),
             tags={"modelyard.stage": "train", "modelyard.model": cfg.model.name, "modelyard.dataset": cfg.data.dataset,
-                  "modelyard.recipe": cfg.recipe or "", "modelyard.task": cfg.model_name},
+                  "modelyard.recipe": cfg.recipe or "", "modelyard.task": cfg.model_name, OWNER_TAG: _owner()},
         )
         log.info("MLflow run %s at %s", run_id, tracking_uri)
     try:
@@ -68,30 +69,86 @@ def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = 
         if run_id:
             registry.end_run(tracking_uri, run_id, status="FAILED")
         raise
+    if run_id:  # left RUNNING for evaluate and register, which claim it in turn
+        registry.set_tags(tracking_uri, run_id, {OWNER_TAG: ""})
     return result
+
+
+OWNER_TAG = "modelyard.owner"  # host:pid:start time of the process that opened the run
+
+
+def _owner(pid: int | None = None) -> str:
+    import os
+    import socket
+
+    import psutil
+
+    proc = psutil.Process(pid or os.getpid())
+    return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.2f}"
+
+
+def reap_orphaned_runs(tracking_uri: str, experiment: str) -> list[str]:
+    """End FAILED the RUNNING runs whose process on this host is gone (killed, or the machine restarted):
+    a process that dies by SIGKILL or power loss never gets to mark its own run. Returns their ids."""
+    import socket
+
+    import psutil
+
+    from modelyard import registry
+
+    host = socket.gethostname()
+    reaped = []
+    for run_id, owner in registry.running_runs(tracking_uri, experiment, OWNER_TAG):
+        owner_host, _, rest = owner.partition(":")
+        pid, _, started = rest.partition(":")
+        if owner_host != host or not pid.isdigit():
+            continue  # another machine's run: only it can tell whether it is alive
+        try:
+            alive = f"{psutil.Process(int(pid)).create_time():.2f}" == started  # the same process, not a reused pid
+        except psutil.Error:
+            alive = False
+        if not alive:
+            registry.set_tags(tracking_uri, run_id, {"modelyard.failure": f"its process ({owner}) died while it ran"})
+            registry.end_run(tracking_uri, run_id, status="FAILED")
+            log.warning("MLflow run %s was left RUNNING by a process that died (%s): marked FAILED", run_id, owner)
+            reaped.append(run_id)
+    return reaped
 
 
 @contextmanager
 def _failing_marks_run(cfg: PipelineConfig) -> Iterator[None]:
-    """A stage after training that fails ends the training's MLflow run FAILED instead of leaving it RUNNING.
-
-    A run that has already ended (an earlier, complete pipeline's) is left as it is.
+    """A stage after training works on the training's MLflow run: it claims the run (its process in the
+    owner tag, so a death of the process is found by the next training), ends it FAILED if the stage fails,
+    and hands it on when it succeeds. A run that has already ended (an earlier, complete pipeline's) is left
+    as it is.
     """
+    from modelyard import registry
+
+    run_id = _training_run_id(cfg)
+    uri = cfg.registry.resolved_tracking_uri()
+
+    def running() -> bool:
+        try:
+            return bool(run_id) and registry.get_run(uri, run_id)["status"] == "RUNNING"
+        except Exception as exc:  # no tracking server: the stage itself will say so
+            log.debug("could not read MLflow run %s: %s", run_id, exc)
+            return False
+
+    claimed = running()
+    if claimed:
+        registry.set_tags(uri, run_id, {OWNER_TAG: _owner()})
     try:
         yield
     except BaseException:
-        run_id = _training_run_id(cfg)
-        if run_id:
-            from modelyard import registry
-
-            try:
-                uri = cfg.registry.resolved_tracking_uri()
-                if registry.get_run(uri, run_id)["status"] == "RUNNING":
-                    registry.end_run(uri, run_id, status="FAILED")
-                    log.error("marked MLflow run %s FAILED", run_id)
-            except Exception as exc:  # the stage's own error matters more than this one
-                log.warning("could not mark MLflow run %s FAILED: %s", run_id, exc)
+        try:
+            if running():
+                registry.end_run(uri, run_id, status="FAILED")
+                log.error("marked MLflow run %s FAILED", run_id)
+        except Exception as exc:  # the stage's own error matters more than this one
+            log.warning("could not mark MLflow run %s FAILED: %s", run_id, exc)
         raise
+    if claimed and running():
+        registry.set_tags(uri, run_id, {OWNER_TAG: ""})
 
 
 def _training_run_id(cfg: PipelineConfig) -> str | None:

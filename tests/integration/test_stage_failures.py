@@ -46,3 +46,42 @@ def test_a_failure_leaves_an_already_finished_run_alone(trained_run):
     with pytest.raises(FileNotFoundError):
         stages.register(cfg)
     assert registry.get_run(uri, run_id)["status"] == "FINISHED"
+
+
+def test_runs_left_running_by_a_dead_process_are_failed_at_the_next_training_and_no_others(trained_run):
+    """What SIGKILL or a power cut leaves: a RUNNING run whose owner process is gone. The reaper (called when a
+    training starts) fails exactly those; a live owner, a reused pid, another host and a handed-on run stay."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    cfg, uri, handed_on = trained_run
+    registry.set_tags(uri, handed_on, {stages.OWNER_TAG: ""})  # as train leaves it for evaluate/register
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    owners = {
+        "dead": f"{host}:{gone.pid}:1.00",
+        "reused pid": f"{host}:{os.getpid()}:1.00",  # this pid, but a process that started at another time
+        "alive": stages._owner(),
+        "elsewhere": f"some-other-host:{gone.pid}:1.00",
+    }
+    runs = {}
+    for label, owner in owners.items():
+        runs[label] = registry.start_run(uri, cfg.registry.experiment, params={}, tags={stages.OWNER_TAG: owner})
+    reaped = stages.reap_orphaned_runs(uri, cfg.registry.experiment)
+    assert sorted(reaped) == sorted([runs["dead"], runs["reused pid"]])
+    status = {label: registry.get_run(uri, run)["status"] for label, run in runs.items()}
+    assert status == {"dead": "FAILED", "reused pid": "FAILED", "alive": "RUNNING", "elsewhere": "RUNNING"}
+    assert "died" in registry.get_run(uri, runs["dead"])["tags"]["modelyard.failure"]
+    assert registry.get_run(uri, handed_on)["status"] == "RUNNING"
+
+
+def test_a_stage_claims_the_run_while_it_works_and_hands_it_on(trained_run):
+    cfg, uri, run_id = trained_run
+    with stages._failing_marks_run(cfg):  # what evaluate and register run inside
+        owner_while_working = registry.get_run(uri, run_id)["tags"].get(stages.OWNER_TAG)
+    assert owner_while_working == stages._owner()
+    assert registry.get_run(uri, run_id)["tags"][stages.OWNER_TAG] == ""
+    assert registry.get_run(uri, run_id)["status"] == "RUNNING"

@@ -61,6 +61,7 @@ def test_run_leaves_checkpoints_tensorboard_and_a_self_describing_model(trained)
     saved = json.loads((out / "train.json").read_text())
     assert saved["epochs"] == 3 and saved["num_workers"] == 2 and saved["device"] == "cpu"
     assert saved["cpus_per_worker"] == 1  # two workers share this 2-core machine's cores
+    assert 0 < saved["startup_s"] < saved["wall_time_s"] and saved["resumed_after_epochs"] == []
     # `auto` precision was resolved on the worker's CPU and recorded: bf16 only where it is native.
     from modelyard.training.loop import cpu_bf16_support
 
@@ -113,3 +114,35 @@ def test_a_split_cut_from_other_data_is_refused_with_the_stage_to_rerun(fashion_
         stages.train(smaller, track=False)
     assert "was cut from dataset" in str(exc.value)
     assert not ray.is_initialized()
+
+
+def test_data_changed_on_disk_after_validation_is_refused_by_training(small_dataset_dir, tmp_path):
+    """One label of the validated train split is edited in place (dataset.json left as it was, so only the
+    data themselves tell): training refuses, naming the split and what to re-run; a failed validation too."""
+    import shutil
+
+    import ray
+
+    from modelyard import stages
+    from modelyard.data.validate import DataChangedError
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(small_dataset_dir, data_dir / small_dataset_dir.name)
+    cfg = small_config(tmp_path, data_dir)
+    dataset_dir = Path(cfg.data.dataset_dir)
+    assert dataset_dir.name == small_dataset_dir.name
+    stages.validate(cfg)
+    stages.augment(cfg)
+    train = load_split(dataset_dir, "train")
+    labels = train.labels.copy()
+    labels[0] = (labels[0] + 1) % 10
+    np.savez_compressed(dataset_dir / "train.npz", images=train.images, labels=labels)
+    with pytest.raises(DataChangedError, match=r"the train split in .* changed after validation .*validate it again"):
+        stages.train(cfg, track=False)
+    assert not ray.is_initialized()
+
+    report = Path(cfg.validate_.report_dir) / "report.json"
+    doc = json.loads(report.read_text())
+    report.write_text(json.dumps({**doc, "success": False, "failed": 1}))
+    with pytest.raises(DataChangedError, match="the last validation of fashion_mnist failed"):
+        stages.train(cfg, track=False)

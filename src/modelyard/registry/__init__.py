@@ -79,6 +79,11 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step:
     _client(tracking_uri).log_batch(run_id, metrics=items)
 
 
+def logged_steps(tracking_uri: str, run_id: str, key: str) -> set[int]:
+    """The steps at which the run has a value of metric `key`."""
+    return {m.step for m in _client(tracking_uri).get_metric_history(run_id, key)}
+
+
 def set_tags(tracking_uri: str, run_id: str, tags: dict[str, Any]) -> None:
     from mlflow.entities import RunTag
 
@@ -96,6 +101,16 @@ def log_artifacts(tracking_uri: str, run_id: str, local_path: str | os.PathLike[
 
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def running_runs(tracking_uri: str, experiment: str, tag: str) -> list[tuple[str, str]]:
+    """(run id, value of `tag`) of the experiment's RUNNING runs that carry `tag`."""
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    return [(r.info.run_id, r.data.tags[tag]) for r in runs if tag in r.data.tags]
 
 
 def get_run(tracking_uri: str, run_id: str) -> dict[str, Any]:

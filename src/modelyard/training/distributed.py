@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,11 @@ class TrainResult:
     precision: str = "none"  # what the steps ran in: none (fp32) | bf16 | fp16
     precision_reason: str = ""
     features_cached: bool = False  # a frozen backbone's features were computed once and only the head trained
+    # Ray Train's fixed cost: from `trainer.fit()` to the end of the first optimiser step (worker start, process
+    # group, data and weights from the object store, model build), in seconds
+    startup_s: float | None = None
+    startup_breakdown_s: dict[str, float] = field(default_factory=dict)  # the same, stage by stage (rank 0)
+    resumed_after_epochs: list[int] = field(default_factory=list)  # one entry per restart from a checkpoint
 
     @property
     def final(self) -> dict[str, float]:
@@ -108,9 +113,13 @@ def preflight(cfg: PipelineConfig, dataset_dir: str | os.PathLike[str], prepared
               *, local: bool) -> None:
     """Every check that needs no cluster, made before anything is started.
 
-    The prepared split must have been cut from the dataset on disk. On a local Ray (this machine's own
-    devices), asking for GPUs or fp16 without a CUDA device fails here, not after Ray has started.
+    The data must be what the last validation passed, and the prepared split must have been cut from them.
+    On a local Ray (this machine's own devices), asking for GPUs or fp16 without a CUDA device fails here, not
+    after Ray has started.
     """
+    from modelyard.data.validate import check_validated
+
+    check_validated(cfg.validate_.report_dir, dataset_dir)
     check_prepared(prepared_dir, dataset_dir)
     if not local:
         return
@@ -184,7 +193,7 @@ def train(
                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             ),
         )
-        start = time.perf_counter()
+        start, fit_called_at = time.perf_counter(), time.time()
         result = trainer.fit()
         wall = time.perf_counter() - start
         if result.error is not None:
@@ -211,13 +220,18 @@ def train(
             precision=state["precision"]["mode"],
             precision_reason=state["precision"]["reason"],
             features_cached=state.get("features_cached", False),
+            startup_s=round(state["startup"]["first_step"] - fit_called_at, 2) if state.get("startup") else None,
+            startup_breakdown_s=_breakdown(state.get("startup") or {}, fit_called_at),
+            resumed_after_epochs=state.get("resumed_after_epochs", []),
         )
         (tmp_out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         (tmp_out / "train.json").write_text(json.dumps(asdict(train_result), indent=2) + "\n")
         # Swap the finished output into place only now: a failed run leaves the previous output intact.
         replace_dir(tmp_out, output_dir)
-        log.info("trained %d epochs in %.1f s (%s, precision %s); val accuracy %.4f", len(history), wall,
-                 plan.reason, train_result.precision, train_result.final.get("val/accuracy", float("nan")))
+        log.info("trained %d epochs in %.1f s (%s, precision %s); val accuracy %.4f; %.1f s from fit() to the "
+                 "first step (%s)", len(history), wall, plan.reason, train_result.precision,
+                 train_result.final.get("val/accuracy", float("nan")), train_result.startup_s or float("nan"),
+                 ", ".join(f"{k} {v:.1f}" for k, v in train_result.startup_breakdown_s.items()))
         return train_result
     finally:
         shutil.rmtree(tmp_out, ignore_errors=True)
@@ -386,6 +400,7 @@ class LocalSession:
 
 def run_worker(config: dict[str, Any], session: Any) -> None:
     """One worker's training: the same for every model family (the batch adapter differs)."""
+    marks = {"worker_started": time.time()}  # wall-clock times of the startup, for Ray Train's fixed cost
     cfg = PipelineConfig.model_validate(config["cfg"])
     tc = cfg.train
     rank, world, device = session.rank, session.world, session.device
@@ -425,6 +440,7 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
         per_worker_train = len(train_rows) // world
         val_idx = torch.from_numpy(data["val_idx"])[rank::world].to(device)
 
+    marks["data_ready"] = time.time()
     model = spec.build()
     model.load_state_dict(session.get(config["init_ref"]))
     model = model.to(device)
@@ -447,31 +463,43 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
     scheduler = loop.build_scheduler(optimizer, total_steps=steps * tc.epochs,
                                      warmup_steps=int(round(steps * tc.warmup_epochs)), schedule=tc.schedule)
 
-    start_epoch, history = 0, []
+    marks["model_ready"] = time.time()
+    start_epoch, history, resumed = 0, [], []
     state = session.get_checkpoint_state(device)
     if state:  # resuming after a failure: pick up where the last checkpoint left off
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"] + 1, state["history"]
+        marks, resumed = state.get("startup") or {}, [*state.get("resumed_after_epochs", []), start_epoch]
         if rank == 0:
-            log.warning("resumed from checkpoint after epoch %d", state["epoch"])
+            log.warning("resumed from the checkpoint of epoch %d after a worker failure", start_epoch)
 
     step_model = session.prepare_model(trained)
     if tc.compile:
         step_model = torch.compile(step_model)
-    tracker = _Rank0Tracker(config, rank)
+    tracker = _Rank0Tracker(config, rank, resume_at=start_epoch + 1 if state else None)
+    if state:
+        tracker.backfill(history)  # an epoch checkpointed just before the failure, not yet logged
+        tracker.tags({"train.resumed_after_epochs": ",".join(map(str, resumed))})
     tracker.tags({"train.precision": "fp32" if mode == "none" else mode, "train.precision_reason": why,
                   "train.workers": world, "train.threads_per_worker": torch.get_num_threads(),
                   "train.device": device.type, "train.features_cached": trained is not model})
+    marks.setdefault("tracking_ready", time.time())
 
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
+        # Every random draw of an epoch (order, augmentation, dropout) is seeded by (seed, epoch, rank) alone, so
+        # an epoch re-run after a failure draws what the undisturbed run drew.
+        torch.manual_seed(tc.seed * 100_003 + epoch * 1009 + rank)
         gen = torch.Generator(device=device).manual_seed(tc.seed * 1000 + epoch)
         perm = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(tc.seed + epoch))
         shard = train_rows[perm][rank * per_worker_train:(rank + 1) * per_worker_train].to(device)
+        epoch_batches = batches.train(shard, local_batch, gen)
+        if "first_step" not in marks:
+            epoch_batches = _FirstStepClock(epoch_batches)
         tr = loop.train_epoch(
-            step_model, batches.train(shard, local_batch, gen), optimizer=optimizer, scheduler=scheduler,
+            step_model, epoch_batches, optimizer=optimizer, scheduler=scheduler,
             precision=precision, label_smoothing=tc.label_smoothing, accum_steps=tc.grad_accum_steps,
             clip_norm=tc.grad_clip_norm,
         )
@@ -492,15 +520,47 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
             "epoch/wall_time_s": time.perf_counter() - t0,
         }
         history.append(metrics)
-        tracker.log(metrics, step=epoch + 1)
+        if "first_step" not in marks:
+            marks["first_step"] = epoch_batches.first_step_at
         state = None
         if rank == 0:
             state = {"model": {k: v.cpu() for k, v in model.state_dict().items()},
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "epoch": epoch, "history": history, "spec": asdict(spec),
-                     "precision": {"mode": mode, "reason": why}, "features_cached": trained is not model}
+                     "precision": {"mode": mode, "reason": why}, "features_cached": trained is not model,
+                     "startup": marks, "resumed_after_epochs": resumed}
         session.report(metrics, state)
+        # Logged once checkpointed: an epoch lost to a failure is re-run, and logged, once.
+        tracker.log(metrics, step=epoch + 1)
     tracker.close()
+
+
+def _breakdown(marks: dict[str, float], fit_called_at: float) -> dict[str, float]:
+    """Seconds of each startup stage: workers up, data and weights in, model built, tracking ready, first step."""
+    names = {"worker_started": "workers_started", "data_ready": "data", "model_ready": "model",
+             "tracking_ready": "tracking", "first_step": "first_step"}
+    out, before = {}, fit_called_at
+    for key, name in names.items():
+        if key in marks:
+            out[name] = round(marks[key] - before, 2)
+            before = marks[key]
+    return out
+
+
+class _FirstStepClock:
+    """Passes `batches` through and notes the wall-clock time the first step ended (when the second batch is
+    asked for, or the epoch ends)."""
+
+    def __init__(self, batches: Any) -> None:
+        self.batches, self.first_step_at = batches, None
+
+    def __iter__(self) -> Any:
+        for i, item in enumerate(self.batches):
+            if i == 1:
+                self.first_step_at = time.time()
+            yield item
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -513,7 +573,7 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 class _Rank0Tracker:
     """TensorBoard events and MLflow metrics, written by rank 0 only."""
 
-    def __init__(self, config: dict[str, Any], rank: int) -> None:
+    def __init__(self, config: dict[str, Any], rank: int, resume_at: int | None = None) -> None:
         self.active = rank == 0
         self.writer = None
         self.run_id = config.get("run_id")
@@ -521,7 +581,19 @@ class _Rank0Tracker:
         if self.active and config.get("output_dir"):  # no output dir (a local, untracked run): no events
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(config["output_dir"]) / "tensorboard"))
+            # After a restart, events an earlier attempt wrote from the resumed step on are hidden.
+            self.writer = SummaryWriter(log_dir=str(Path(config["output_dir"]) / "tensorboard"), purge_step=resume_at)
+
+    def backfill(self, history: list[dict[str, float]]) -> None:
+        """Log the checkpointed epochs MLflow has not got (a failure between checkpoint and log)."""
+        if not (self.active and self.run_id and self.tracking_uri):
+            return
+        from modelyard.registry import logged_steps
+
+        have = logged_steps(self.tracking_uri, self.run_id, "val/accuracy")
+        for metrics in history:
+            if int(metrics["epoch"]) not in have:
+                self.log(metrics, step=int(metrics["epoch"]))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.active:
