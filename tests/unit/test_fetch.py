@@ -1,4 +1,5 @@
 import gzip
+import shutil
 
 import numpy as np
 import pytest
@@ -66,3 +67,30 @@ def test_a_source_the_dataset_does_not_have_is_named(tmp_path):
 def test_missing_dataset_says_to_fetch(tmp_path):
     with pytest.raises(DatasetError, match="modelyard fetch"):
         read_metadata(tmp_path)
+
+
+def test_a_truncated_raw_archive_is_detected_and_fetched_again(fashion_mnist_dir, tmp_path):
+    """A download cut half-way (as a copy that was interrupted, or a disk that filled up) leaves a gzip with no
+    end: it is refused and fetched again, and a source that yields the same cut file replaces nothing."""
+    spec = get_dataset("fashion_mnist")
+    shared = fashion_mnist_dir.parent / "raw" / "fashion_mnist"
+    raw = tmp_path / "raw" / "fashion_mnist"
+    shutil.copytree(shared, raw)
+    images = raw / "train-images-idx3-ubyte.gz"
+    full_size = images.stat().st_size
+    images.write_bytes(images.read_bytes()[: full_size // 2])
+    with pytest.raises(EOFError):
+        read_idx(images)
+
+    origin, splits = _ensure_raw(spec, raw, ["local"], SourceContext(local_dir=shared))
+    assert origin.startswith("local:") and len(splits["train"]) == 60000
+    assert images.stat().st_size == full_size
+
+    cut = tmp_path / "cut"
+    shutil.copytree(shared, cut)
+    (cut / images.name).write_bytes((shared / images.name).read_bytes()[: full_size // 3])
+    (raw / "SOURCE").unlink()  # force a fetch: the only source now serves a truncated file
+    with pytest.raises(FetchError, match="could not fetch fashion_mnist"):
+        _ensure_raw(spec, raw, ["local"], SourceContext(local_dir=cut))
+    assert images.stat().st_size == full_size  # the good copy is still there, untouched
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["fashion_mnist"]  # no staging left

@@ -67,8 +67,9 @@ def _ensure_raw(spec: DatasetSpec, raw_dir: Path, sources: list[str], ctx: Sourc
     if marker.is_file() and (raw_dir / spec.raw_marker).exists():
         try:
             return marker.read_text().strip(), _read_checked(spec, raw_dir)
-        except (FetchError, OSError, ValueError) as exc:
-            log.warning("raw copy of %s in %s is unreadable (%s); fetching again", spec.name, raw_dir, exc)
+        except Exception as exc:  # truncated (EOFError from gzip, tarfile.ReadError), foreign or damaged
+            log.warning("raw copy of %s in %s is unreadable (%s: %s); fetching again", spec.name, raw_dir,
+                        type(exc).__name__, exc)
     unknown = [s for s in sources if s not in spec.sources]
     if unknown:
         raise FetchError(f"{spec.name} has no source {', '.join(map(repr, unknown))}; its sources are "

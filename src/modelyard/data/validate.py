@@ -19,7 +19,15 @@ import numpy as np
 import pandas as pd
 
 from modelyard.config import ValidateConfig
-from modelyard.data.dataset import ImageSplit, Split, TextSplit, load_split, read_metadata
+from modelyard.data.dataset import (
+    DatasetError,
+    ImageSplit,
+    Split,
+    TextSplit,
+    load_split,
+    read_metadata,
+    split_sha256,
+)
 from modelyard.data.datasets import DatasetSpec, get_dataset
 from modelyard.data.datasets._text import near_duplicate_key
 
@@ -357,12 +365,44 @@ def validate_dataset(
     out = Path(report_dir or cfg.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report.to_markdown())
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    # What was validated, hashed from the arrays just checked: training refuses data that differ from it.
+    hashes = {"split_sha256": {name: split_sha256(split) for name, split in splits.items()}}
+    (out / "report.json").write_text(json.dumps({**report.to_dict(), **hashes}, indent=2, default=str) + "\n")
     log.info("validation of %s: %d/%d expectations met", meta["name"], len(report.checks) - len(report.failed),
              len(report.checks))
     if not report.success:
         raise DataValidationError(report)
     return report
+
+
+class DataChangedError(DatasetError):
+    """The data on disk are not the data the last validation passed."""
+
+
+def check_validated(report_dir: str | os.PathLike[str], dataset_dir: str | os.PathLike[str]) -> None:
+    """Refuse to go on when the validation report in `report_dir` is of this dataset but failed, or the splits
+    in `dataset_dir` now hash differently from the ones it validated (changed after validation).
+
+    A dataset with no report in `report_dir` passes with a warning (`modelyard train` on its own).
+    """
+    dataset_dir = Path(dataset_dir)
+    meta = read_metadata(dataset_dir)
+    path = Path(report_dir) / "report.json"
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    if doc.get("dataset") != meta["name"] or "split_sha256" not in doc:
+        log.warning("no validation report of %s in %s: training on data that were not validated", meta["name"],
+                    report_dir)
+        return
+    if not doc.get("success"):
+        raise DataChangedError(f"the last validation of {meta['name']} failed ({doc.get('failed')} expectation(s), "
+                               f"{path}): fix the data and validate again before training")
+    for name, validated in doc["split_sha256"].items():
+        now = split_sha256(load_split(dataset_dir, name)) if name in meta.get("splits", {}) else "missing"
+        if now != validated:
+            raise DataChangedError(
+                f"the {name} split in {dataset_dir} changed after validation ({validated[:12]}… validated, "
+                f"{now[:12]}… now): validate it again (`modelyard validate`, or `dvc repro`) before training"
+            )
 
 
 def _jsonable(value: Any) -> Any:
