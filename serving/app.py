@@ -45,6 +45,7 @@ STATUS_BY_CODE = {
     "image_too_large": 413,
     "missing_file": 422,
     "body_too_large": 413,
+    "body_too_slow": 408,
     "bad_form": 400,
     "not_json": 415,
     "bad_json": 400,
@@ -88,6 +89,10 @@ class ServerSettings:
     canary_mode: str = "split"  # split | mirror
     follow_aliases_s: float = 5.0
     auth_token: str | None = None  # when set, every route but /health wants `Authorization: Bearer <token>`
+    # A body not complete within this many seconds of the request reaching the replica gets 408 (a client
+    # trickling its upload would otherwise hold a replica's slot; Serve's own timeout can be switched off by
+    # any client with a header).
+    body_timeout_s: float = 10.0
 
 
 def error(code: str, detail: str) -> JSONResponse:
@@ -101,6 +106,7 @@ ERROR_BODY = {"application/json": {"schema": {
 AUTH_ERROR = {401: {"description": "no or wrong bearer token (only when the server has one)", "content": ERROR_BODY}}
 PREDICT_ERRORS = {
     400: {"description": "unreadable body: empty file, broken form, invalid JSON or UTF-8", "content": ERROR_BODY},
+    408: {"description": "the body did not arrive in time (a client sending too slowly)", "content": ERROR_BODY},
     413: {"description": "body, file or text over the limits in the summary", "content": ERROR_BODY},
     415: {"description": "wrong content type, or a file that is not an image", "content": ERROR_BODY},
     422: {"description": "well-formed but unusable: no file/text, wrong types, blank text, tiny image",
@@ -391,8 +397,15 @@ class ModelServer:
             return await self._predict_text(request, limit)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return error("not_multipart", "send the image as multipart/form-data in a field named 'file'")
+        body = await self._read_body(request, limit + 64 * 1024)  # the file plus the form's framing
+        if isinstance(body, JSONResponse):
+            return body
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
         try:
-            form = await request.form(max_files=1, max_fields=8, max_part_size=limit)
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=8, max_part_size=limit)
         except (MultiPartException, HTTPException) as exc:  # Starlette turns form errors into HTTPException
             text = str(getattr(exc, "detail", None) or exc)
             code = "body_too_large" if "size" in text.lower() or "too large" in text.lower() else "bad_form"
@@ -411,19 +424,39 @@ class ModelServer:
             return error(exc.code, exc.message)
         return answer
 
+    async def _read_body(self, request: Request, cap: int) -> bytes | JSONResponse:
+        """The whole body, refused once it passes `cap` bytes (a chunked upload declares no length) or when it
+        has not all arrived within `body_timeout_s`."""
+        body = bytearray()
+
+        async def read() -> bool:
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > cap:
+                    return False
+            return True
+
+        timeout = self.settings.body_timeout_s
+        try:
+            complete = await asyncio.wait_for(read(), timeout)
+        except TimeoutError:
+            return error("body_too_slow", f"the request body did not arrive within {timeout:g} s "
+                                          f"({len(body)} bytes came)")
+        if not complete:
+            return error("body_too_large", f"request body is over the {cap}-byte limit")
+        return bytes(body)
+
     async def _predict_text(self, request: Request, limit: int) -> Any:
         """JSON {"text": str} or {"texts": [str, ...]}; every text goes through the shared batcher."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             return error("not_json", 'this model reads text: send JSON {"text": "..."} with content-type '
                                      f"application/json (got {content_type or 'none'})")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                return error("body_too_large", f"request body is over the {limit}-byte limit")
+        body = await self._read_body(request, limit)
+        if isinstance(body, JSONResponse):
+            return body
         try:
-            doc = json.loads(bytes(body).decode("utf-8"))
+            doc = json.loads(body.decode("utf-8"))
         except UnicodeDecodeError as exc:
             return error("bad_encoding", f"the body is not valid UTF-8: {exc.reason} at byte {exc.start}")
         except ValueError as exc:

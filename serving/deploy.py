@@ -102,6 +102,7 @@ def task_application(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, model
     settings = ServerSettings(
         tracking_uri=tracking_uri, model_name=model_name, alias=registry_cfg.champion_alias,
         challenger_alias=registry_cfg.challenger_alias, max_upload_bytes=cfg.max_upload_bytes,
+        body_timeout_s=cfg.body_timeout_s,
         max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s, threads=threads,
         canary_share=canary.share, canary_mode=canary.mode, follow_aliases_s=cfg.follow_aliases_s,
         auth_token=_token(cfg), backend=cfg.backend,

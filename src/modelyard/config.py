@@ -248,6 +248,7 @@ class ServeConfig(_Section):
     # requests queue while a forward pass runs and form the next batch).
     batch_wait_timeout_s: float = Field(0.0, ge=0)
     max_upload_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    body_timeout_s: float = Field(10.0, gt=0, description="408 for a request body not all in by then (slow clients).")
     # Logical CPUs each replica reserves. 0 lets serving share a small machine with training (which needs
     # a CPU per worker); reserve real CPUs on a cluster.
     replica_cpus: float = Field(0.0, ge=0)
