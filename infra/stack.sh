@@ -69,6 +69,10 @@ up() {
     sleep 2; t=$((t + 2)); (( t < 120 )) || { say "deployment not registered after 120s"; exit 1; }
   done
   say "deployment training-pipeline/training-pipeline registered"
+  # After a restart, the champions already in the registry are served again (Serve's state lives in Ray).
+  "$VENV/python" -m serving "$MODELYARD_PARAMS" --if-any >"$RUN_DIR/logs/serve.log" 2>&1 \
+    || { say "serving the registered champions failed:"; tail -n 30 "$RUN_DIR/logs/serve.log"; exit 1; }
+  say "serving $(grep -c '"name"' "$RUN_DIR/logs/serve.log" || true) registered champion(s) (log: ${RUN_DIR#"$ROOT"/}/logs/serve.log)"
 }
 
 down() {

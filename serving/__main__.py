@@ -14,14 +14,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("params", nargs="?", default="params.yaml")
     parser.add_argument("--task", help="one registered model name; default: every model with a champion")
+    parser.add_argument("--if-any", action="store_true",
+                        help="no champion registered yet is not an error (what `make up` runs after a restart)")
     args = parser.parse_args()
     configure_environment()
     configure_logging()
     cfg = load_config(args.params)
+    from modelyard import registry
     from serving.deploy import deploy, deploy_all
 
     if args.task:
         print(json.dumps(deploy(cfg.serve, cfg.registry, model_name=args.task)))
+    elif args.if_any and not registry.with_alias(cfg.registry.resolved_tracking_uri(), cfg.registry.champion_alias):
+        print("no registered model has a champion yet: nothing to serve")
     else:
         print(json.dumps(deploy_all(cfg.serve, cfg.registry), indent=1))
 

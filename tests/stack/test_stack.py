@@ -171,6 +171,52 @@ def chromium() -> str:
     raise AssertionError("Debian's chromium is not installed: run `make browser` (make test does)")
 
 
+@pytest.mark.reliability
+def test_a_restart_keeps_models_aliases_runs_deployments_and_history_and_serving_comes_back(stack, image_bytes):
+    """`down` then `up` (what `make down; make up` run): the registry, MLflow runs, the Prefect deployment and
+    its flow-run history are all still there, and the champion is served again with the same version."""
+    api, mlflow_api = stack.prefect_api, f"http://127.0.0.1:{stack.ports['MLFLOW_PORT']}/api/2.0/mlflow"
+
+    def flow_runs() -> dict[str, str]:
+        runs = requests.post(f"{api}/flow_runs/filter", json={"limit": 200}, timeout=10).json()
+        return {r["id"]: r["state_type"] for r in runs}
+
+    if "COMPLETED" not in flow_runs().values():  # run alone (`make reliability`): make the state to keep
+        assert wait_for_flow_run(stack, run_deployment_as_the_ui_does(api))["state_type"] == "COMPLETED"
+
+    def state() -> dict:
+        deployment = requests.get(f"{api}/deployments/name/{DEPLOYMENT}", timeout=10).json()
+        models = requests.get(f"{mlflow_api}/registered-models/search", params={"max_results": 100}, timeout=10)
+        experiment = requests.get(f"{mlflow_api}/experiments/get-by-name", params={"experiment_name": "stack-test"},
+                                  timeout=10).json()["experiment"]
+        runs = requests.post(f"{mlflow_api}/runs/search", json={"experiment_ids": [experiment["experiment_id"]],
+                                                                 "max_results": 1000}, timeout=10).json()["runs"]
+        return {
+            "deployment": deployment["id"],
+            "flow_runs": flow_runs(),
+            "models": {m["name"]: sorted((a["alias"], a["version"]) for a in m.get("aliases", []))
+                       for m in models.json()["registered_models"]},
+            "mlflow_runs": {r["info"]["run_id"]: r["info"]["status"] for r in runs},
+        }
+
+    before = state()
+    route = stack.cfg.serve.route(stack.cfg.model_name)
+    champion = dict(before["models"][stack.cfg.model_name])["champion"]
+    started = time.monotonic()
+    down = stack.script("down", timeout=180)
+    assert down.returncode == 0, down.stderr
+    up = stack.script("up", timeout=600)
+    assert up.returncode == 0, f"{up.stdout}\n{up.stderr}\n{stack.logs()}"
+    after = state()
+    answer = requests.post(f"{stack.serve_url}{route}/predict", timeout=30,
+                           files={"file": ("shirt.png", image_bytes["shirt"], "image/png")})
+    print(f"\nrestart (down + up, serving included) in {time.monotonic() - started:.0f} s: "
+          f"{len(after['flow_runs'])} flow runs, {len(after['mlflow_runs'])} MLflow runs, models {after['models']}")
+    assert after == before
+    assert answer.status_code == 200 and answer.json()["model"]["version"] == champion
+    assert "registered champion(s)" in up.stdout
+
+
 def test_down_leaves_no_process_and_no_listener(stack):
     before = stack_processes(stack)
     assert before, "no stack process found before `down`"
