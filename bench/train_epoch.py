@@ -112,7 +112,7 @@ def main() -> None:
                                           "augment": {"prepared_dir": str(tmp / "prepared")}})
         prepared_dir = prepare_splits(dataset_dir, cfg.augment)
 
-        plain_rates, ours_rates, explicit_rates, startups = [], [], [], []
+        plain_rates, ours_rates, explicit_rates, startups, breakdowns = [], [], [], [], []
         explicit = cfg.with_overrides({"train": {"num_workers": args.also_workers or 1}})
         lines = []
         for round_ in range(args.rounds):
@@ -122,11 +122,13 @@ def main() -> None:
             rates, result = modelyard_epochs(dataset_dir, prepared_dir, cfg, tmp / f"train-{round_}")
             ours_rates += rates[1:]
             startups.append(result.startup_s)
+            breakdowns.append(result.startup_breakdown_s)
             lines.append((f"modelyard: {result.num_workers} worker(s) x {result.cpus_per_worker} CPU(s)", rates))
             if args.also_workers:
                 rates, res = modelyard_epochs(dataset_dir, prepared_dir, explicit, tmp / f"explicit-{round_}")
                 explicit_rates += rates[1:]
                 startups.append(res.startup_s)
+                breakdowns.append(res.startup_breakdown_s)
                 lines.append((f"modelyard: {res.num_workers} worker(s) x {res.cpus_per_worker} CPU(s), explicit", rates))
         rates = plain_epochs(dataset_dir, prepared_dir, cfg, args.epochs)
         plain_rates += rates[1:]
@@ -143,6 +145,8 @@ def main() -> None:
         print(f"ratio modelyard/plain (default settings) = {statistics.median(ours_rates) / plain:.3f}")
         print(f"Ray Train's fixed cost, trainer.fit() to the end of the first step: "
               f"{', '.join(f'{s:.1f}' for s in startups)} s (median {statistics.median(startups):.1f} s; goal <= 10 s)")
+        for parts in breakdowns:
+            print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
 
 if __name__ == "__main__":
     main()
