@@ -77,13 +77,13 @@ def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = 
 OWNER_TAG = "modelyard.owner"  # host:pid:start time of the process that opened the run
 
 
-def _owner(pid: int | None = None) -> str:
-    import os
+def _owner() -> str:
+    """This process, as OWNER_TAG records it."""
     import socket
 
     import psutil
 
-    proc = psutil.Process(pid or os.getpid())
+    proc = psutil.Process()
     return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.2f}"
 
 
