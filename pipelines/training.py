@@ -22,6 +22,7 @@ from modelyard.config import (
     load_config,
 )
 from modelyard.recipes import RECIPE_NAMES
+from modelyard.runs import open_run
 from modelyard.runtime import configure_environment
 from tasks.stages import (
     augment_task,
@@ -49,13 +50,23 @@ def training_pipeline(
     logging.getLogger("modelyard").setLevel(logging.INFO)  # its progress lines go to the flow run's log
     sections = {"model": model, "train": train, "data": data, "augment": augment, "registry": registry}
     cfg = load_config(params_path, {"recipe": recipe}).with_overrides(changed_from_params(sections, params_path))
-    fetch_task(cfg)
-    validate_task(cfg)
-    augment_task(cfg)
-    trained = train_task(cfg)
-    metrics = evaluate_task(cfg)
-    registered = register_task(cfg)
-    result = {"train": trained, "test": metrics, "registry": registered}
+    # In a directory of its own, so runs may overlap; its outputs go to the stable paths once it has registered.
+    with open_run(cfg, label=_flow_run_label()) as run:
+        fetch_task(run.cfg)
+        validate_task(run.cfg)
+        augment_task(run.cfg)
+        trained = train_task(run.cfg)
+        metrics = evaluate_task(run.cfg)
+        registered = register_task(run.cfg)
+        run.publish()
+    result = {"train": trained, "test": metrics, "registry": registered, "run_dir": str(run.dir)}
     if deploy:  # serves the champion, whether or not this run's model became it
         result["serving"] = deploy_task(cfg)
     return result
+
+
+def _flow_run_label() -> str | None:
+    """The flow run's name (`prefect.runtime`), which the run directory's key ends with."""
+    from prefect.runtime import flow_run
+
+    return flow_run.name or None

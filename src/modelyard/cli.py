@@ -165,15 +165,19 @@ def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> No
 
 @app.command()
 def pipeline(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, recipe: RecipeOpt = None) -> None:
-    """All stages in order, without Prefect (what `dvc repro` does, in one process)."""
+    """All stages in order, without Prefect, in a run directory of its own (see modelyard.runs); its outputs
+    are copied to the stable paths when it has registered."""
     from modelyard import stages
+    from modelyard.runs import open_run
 
     cfg = _config(params, set_, recipe)
     log.info("pipeline: %s on %s -> registered as %s%s", cfg.model.name, cfg.data.dataset, cfg.model_name,
              f" (recipe {cfg.recipe})" if cfg.recipe else "")
-    for stage in (stages.fetch, stages.validate, stages.augment, stages.train, stages.evaluate, stages.register):
-        log.info("stage %s", stage.__name__)
-        stage(cfg)
+    with open_run(cfg) as run:
+        for stage in (stages.fetch, stages.validate, stages.augment, stages.train, stages.evaluate, stages.register):
+            log.info("stage %s", stage.__name__)
+            stage(run.cfg)
+        run.publish()
 
 
 @app.command()

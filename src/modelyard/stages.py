@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.config import PipelineConfig
+from modelyard.runtime import owner_alive, process_owner
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = 
         run_id = registry.start_run(
             tracking_uri, cfg.registry.experiment, params=cfg.flat(),
             tags={"modelyard.stage": "train", "modelyard.model": cfg.model.name, "modelyard.dataset": cfg.data.dataset,
-                  "modelyard.recipe": cfg.recipe or "", "modelyard.task": cfg.model_name, OWNER_TAG: _owner()},
+                  "modelyard.recipe": cfg.recipe or "", "modelyard.task": cfg.model_name, OWNER_TAG: process_owner(),
+                  "modelyard.outputs": str(Path(cfg.train.output_dir).resolve().parent)},
         )
         log.info("MLflow run %s at %s", run_id, tracking_uri)
     try:
@@ -77,41 +79,19 @@ def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = 
 OWNER_TAG = "modelyard.owner"  # host:pid:start time of the process that opened the run
 
 
-def _owner() -> str:
-    """This process, as OWNER_TAG records it."""
-    import socket
-
-    import psutil
-
-    proc = psutil.Process()
-    return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.2f}"
-
-
 def reap_orphaned_runs(tracking_uri: str, experiment: str) -> list[str]:
     """End FAILED the RUNNING runs whose process on this host is gone (killed, or the machine restarted):
     a process that dies by SIGKILL or power loss never gets to mark its own run. Returns their ids."""
-    import socket
-
-    import psutil
-
     from modelyard import registry
 
-    host = socket.gethostname()
     reaped = []
     for run_id, owner in registry.running_runs(tracking_uri, experiment, OWNER_TAG):
-        owner_host, _, rest = owner.partition(":")
-        pid, _, started = rest.partition(":")
-        if owner_host != host or not pid.isdigit():
-            continue  # another machine's run: only it can tell whether it is alive
-        try:
-            alive = f"{psutil.Process(int(pid)).create_time():.2f}" == started  # the same process, not a reused pid
-        except psutil.Error:
-            alive = False
-        if not alive:
-            registry.set_tags(tracking_uri, run_id, {"modelyard.failure": f"its process ({owner}) died while it ran"})
-            registry.end_run(tracking_uri, run_id, status="FAILED")
-            log.warning("MLflow run %s was left RUNNING by a process that died (%s): marked FAILED", run_id, owner)
-            reaped.append(run_id)
+        if owner_alive(owner) is not False:
+            continue  # alive, or another machine's run: only that machine can tell whether it is alive
+        registry.set_tags(tracking_uri, run_id, {"modelyard.failure": f"its process ({owner}) died while it ran"})
+        registry.end_run(tracking_uri, run_id, status="FAILED")
+        log.warning("MLflow run %s was left RUNNING by a process that died (%s): marked FAILED", run_id, owner)
+        reaped.append(run_id)
     return reaped
 
 
@@ -136,7 +116,7 @@ def _failing_marks_run(cfg: PipelineConfig) -> Iterator[None]:
 
     claimed = running()
     if claimed:
-        registry.set_tags(uri, run_id, {OWNER_TAG: _owner()})
+        registry.set_tags(uri, run_id, {OWNER_TAG: process_owner()})
     try:
         yield
     except BaseException:
@@ -235,12 +215,13 @@ def _register(cfg: PipelineConfig) -> dict[str, Any]:
             input_example=example, pip_requirements=_pip_requirements(cfg.model.name),
         )
     registry.set_version_tags(tracking_uri, cfg.model_name, version, lineage | onnx_tags)
-    decision = registry.promote_if_better(
-        tracking_uri, cfg.model_name, version,
-        metric="test.accuracy", value=float(evaluation["accuracy"]), test_set_hash=evaluation["test_set_sha256"],
-        champion_alias=cfg.registry.champion_alias, challenger_alias=cfg.registry.challenger_alias,
-        score_champion=lambda model_dir: score_model_dir(model_dir, cfg.data.dataset_dir)["accuracy"],
-    )
+    with _registry_lock(tracking_uri):  # two runs registering at once: each compares with the champion it sets
+        decision = registry.promote_if_better(
+            tracking_uri, cfg.model_name, version,
+            metric="test.accuracy", value=float(evaluation["accuracy"]), test_set_hash=evaluation["test_set_sha256"],
+            champion_alias=cfg.registry.champion_alias, challenger_alias=cfg.registry.challenger_alias,
+            score_champion=lambda model_dir: score_model_dir(model_dir, cfg.data.dataset_dir)["accuracy"],
+        )
     out = registration_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     report = (eval_dir / "report.md").read_text() + "\n" + decision.to_markdown() + _onnx_markdown(onnx_tags)
@@ -252,6 +233,16 @@ def _register(cfg: PipelineConfig) -> dict[str, Any]:
     registry.end_run(tracking_uri, run_id)
     log.info("registered %s v%s -> @%s: %s", cfg.model_name, version, decision.alias, decision.reason)
     return summary | {"report": report}
+
+
+def _registry_lock(tracking_uri: str):
+    """A lock per registry, for the runs of this host (runs on several hosts would need the registry's own)."""
+    import hashlib
+
+    from filelock import FileLock
+
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    return FileLock(Path(tempfile.gettempdir()) / f"modelyard-registry-{digest}.lock")
 
 
 def _read_json(path: Path, hint: str) -> dict[str, Any]:

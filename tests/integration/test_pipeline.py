@@ -66,6 +66,34 @@ def test_flow_completes_with_every_stage_and_registers_a_champion(pipeline_run):
     assert result["test"]["accuracy"] > 0.70  # 2 epochs on 3.6k real images; chance is 0.10
 
 
+def test_the_run_worked_in_a_directory_of_its_own_and_published_it_to_the_stable_paths(pipeline_run):
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
+
+    from modelyard.runs import published_paths, run_config, runs_root
+
+    cfg, state, result = pipeline_run
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+    run_dir = Path(result["run_dir"])
+    assert run_dir.parent == runs_root(cfg) and run_dir.name.endswith(f"Z-{flow_run.name}"), run_dir
+    doc = json.loads((run_dir / "run.json").read_text())
+    assert doc["status"] == "succeeded" and doc["published_at"], doc
+    assert (runs_root(cfg) / "latest").resolve() == run_dir.resolve()
+    run_cfg = run_config(cfg, run_dir.resolve())
+    for src, dst in published_paths(run_cfg, cfg):  # every stable path holds the run's copy, file for file
+        assert src.exists(), src
+        files = sorted(p.relative_to(src) for p in src.rglob("*") if p.is_file()) if src.is_dir() else [Path()]
+        assert files == (sorted(p.relative_to(dst) for p in dst.rglob("*") if p.is_file()) if dst.is_dir() else [Path()])
+        assert all((src / f).read_bytes() == (dst / f).read_bytes() for f in files), src
+    assert (run_dir / "data" / cfg.data.dataset / "limits.txt").read_text() == "train_limit=4000\ntest_limit=1000\n"
+    uri = cfg.registry.resolved_tracking_uri()
+    tags = MlflowClient(uri).get_run(result["registry"]["run_id"]).data.tags
+    assert tags["modelyard.outputs"] == str(run_dir.resolve())
+    assert json.loads((run_dir / "train" / "train.json").read_text())["run_id"] == result["registry"]["run_id"]
+    assert not (run_dir / "data" / "raw").exists()  # the raw download stayed the shared one
+
+
 def test_prefect_recorded_the_tasks_and_report_artifacts(pipeline_run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter

@@ -9,6 +9,7 @@ import pytest
 from conftest import small_config
 
 from modelyard import registry, stages
+from modelyard.runtime import process_owner
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ def test_runs_left_running_by_a_dead_process_are_failed_at_the_next_training_and
     owners = {
         "dead": f"{host}:{gone.pid}:1.00",
         "reused pid": f"{host}:{os.getpid()}:1.00",  # this pid, but a process that started at another time
-        "alive": stages._owner(),
+        "alive": process_owner(),
         "elsewhere": f"some-other-host:{gone.pid}:1.00",
     }
     runs = {}
@@ -82,6 +83,6 @@ def test_a_stage_claims_the_run_while_it_works_and_hands_it_on(trained_run):
     cfg, uri, run_id = trained_run
     with stages._failing_marks_run(cfg):  # what evaluate and register run inside
         owner_while_working = registry.get_run(uri, run_id)["tags"].get(stages.OWNER_TAG)
-    assert owner_while_working == stages._owner()
+    assert owner_while_working == process_owner()
     assert registry.get_run(uri, run_id)["tags"][stages.OWNER_TAG] == ""
     assert registry.get_run(uri, run_id)["status"] == "RUNNING"

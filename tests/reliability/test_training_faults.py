@@ -177,7 +177,7 @@ def test_the_training_process_killed_mid_run_keeps_the_good_output_and_the_next_
     assert killed["status"] == "FAILED" and "died" in killed["tags"]["modelyard.failure"]
     new_run = json.loads((out / "train.json").read_text())["run_id"]
     assert new_run not in (good_run, killed_run) and registry.get_run(uri, new_run)["status"] == "RUNNING"
-    assert not any(p.name.endswith(".partial") for p in out.parent.iterdir())
+    assert not any(".partial" in p.name for p in out.parent.iterdir())
     record_property("survivors_of_the_kill", len(survivors))
     print(f"\ntraining process group SIGKILLed after its first checkpoint: good model kept, run {killed_run[:8]} "
           f"marked FAILED at the next start, next run trained in {time.monotonic() - started:.0f} s; "

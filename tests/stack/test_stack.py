@@ -9,6 +9,7 @@ images; a Custom run is made in a real browser; and `infra/stack.sh down` leaves
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -169,6 +170,57 @@ def chromium() -> str:
         if Path(candidate).is_file():
             return candidate
     raise AssertionError("Debian's chromium is not installed: run `make browser` (make test does)")
+
+
+@pytest.mark.reliability
+def test_two_runs_of_the_deployment_at_once_both_finish_each_with_its_own_outputs_and_mlflow_run(stack):
+    """Two runs with different parameters (another cut of the data, other epochs and learning rate) started
+    together: both complete, each in its own run directory with its own MLflow run, and the stable paths hold
+    whichever published last, whole."""
+    api, mlflow_api = stack.prefect_api, f"http://127.0.0.1:{stack.ports['MLFLOW_PORT']}/api/2.0/mlflow"
+    dump = stack.cfg.model_dump(mode="json", by_alias=True)
+    wanted = {
+        "short": {"data": dump["data"] | {"train_limit": 3000, "test_limit": 800}, "train": dump["train"] | {"epochs": 1}},
+        "long": {"train": dump["train"] | {"epochs": 2, "learning_rate": 0.05}},
+    }
+    started = time.monotonic()
+    ids = {name: run_deployment_as_the_ui_does(api, params) for name, params in wanted.items()}
+    runs = {name: wait_for_flow_run(stack, flow_run_id, timeout_s=900) for name, flow_run_id in ids.items()}
+    took = ", ".join(f"{n} {r['total_run_time']:.0f} s" for n, r in runs.items())
+    print(f"\ntwo deployment runs at once: both done in {time.monotonic() - started:.0f} s ({took})")
+    assert all(r["state_type"] == "COMPLETED" for r in runs.values()), (
+        {n: r["state_name"] for n, r in runs.items()}, stack.logs())
+    short, long = runs["short"], runs["long"]
+    assert short["start_time"] < long["end_time"] and long["start_time"] < short["end_time"]  # they overlapped
+
+    root = Path(stack.cfg.train.output_dir).parent / "runs"
+    run_dirs = {n: next(root.glob(f"*Z-{r['name']}")) for n, r in runs.items()}
+    train_info = {}
+    for name, run_dir in run_dirs.items():
+        doc = json.loads((run_dir / "run.json").read_text())
+        assert doc["status"] == "succeeded", doc
+        limits = (run_dir / "data" / "fashion_mnist" / "limits.txt").read_text()
+        assert limits == ("train_limit=3000\ntest_limit=800\n" if name == "short" else "train_limit=4000\ntest_limit=1000\n")
+        history = json.loads((run_dir / "train" / "history.json").read_text())
+        assert len(history) == (1 if name == "short" else 2)
+        assert (run_dir / "train" / "model" / "model.pt").is_file() and (run_dir / "register" / "report.md").is_file()
+        train_info[name] = json.loads((run_dir / "train" / "train.json").read_text())
+        run = requests.get(f"{mlflow_api}/runs/get", params={"run_id": train_info[name]["run_id"]},
+                           timeout=10).json()["run"]
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert run["info"]["status"] == "FINISHED"
+        assert params["data.train_limit"] == str(wanted[name].get("data", dump["data"])["train_limit"])
+        assert params["train.epochs"] == str(wanted[name]["train"]["epochs"])
+        assert tags["modelyard.outputs"] == str(run_dir.resolve())
+    assert train_info["short"]["run_id"] != train_info["long"]["run_id"]
+
+    latest = (root / "latest").resolve()
+    assert latest in {d.resolve() for d in run_dirs.values()}
+    published = json.loads((Path(stack.cfg.train.output_dir) / "train.json").read_text())
+    assert published == json.loads((latest / "train" / "train.json").read_text())
+    stable_limits = (Path(stack.cfg.data.data_dir) / "fashion_mnist" / "limits.txt").read_text()
+    assert stable_limits == (latest / "data" / "fashion_mnist" / "limits.txt").read_text()
 
 
 @pytest.mark.reliability

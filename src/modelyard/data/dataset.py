@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,9 +178,8 @@ def write_dataset(
 
 def replace_dir(new: Path, target: Path) -> None:
     """Swap a fully written directory into place, keeping the old one until the new one is there."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")  # unique: swaps may overlap
+    if target.exists() or target.is_symlink():
         target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)

@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from filelock import FileLock
+
 from modelyard.config import DataConfig
 from modelyard.data.dataset import Split, read_metadata, replace_dir, write_dataset
 from modelyard.data.datasets import DatasetSpec, SourceContext, get_dataset
@@ -32,9 +34,11 @@ def fetch_dataset(cfg: DataConfig, *, timeout_s: float = 15.0) -> Path:
         log.info("dataset %s already at %s; nothing to fetch", source, dataset_dir)
         return dataset_dir
 
-    raw_dir = Path(cfg.data_dir) / "raw" / spec.name
+    raw_dir = cfg.raw_root / spec.name
     ctx = SourceContext(timeout_s=timeout_s, local_dir=Path(cfg.local_dir).expanduser() if cfg.local_dir else None)
-    origin, full = _ensure_raw(spec, raw_dir, cfg.resolved_sources(), ctx)
+    raw_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(raw_dir.parent / f".{spec.name}.lock"):  # runs side by side download once, and never read
+        origin, full = _ensure_raw(spec, raw_dir, cfg.resolved_sources(), ctx)  # a copy being replaced
     splits = {}
     for split, data in full.items():
         limit = cfg.train_limit if split == "train" else cfg.test_limit

@@ -132,6 +132,18 @@ def preflight(cfg: PipelineConfig, dataset_dir: str | os.PathLike[str], prepared
         loop.resolve_precision(cfg.train.mixed_precision, torch.device("cpu"))  # warns early about emulated bf16
 
 
+def _remove_dead_partials(output_dir: Path) -> None:
+    """Delete the half-written outputs of trainings into `output_dir` whose process is gone (killed before its
+    own cleanup ran); a live one's is left alone."""
+    import psutil
+
+    for partial in output_dir.parent.glob(f".{output_dir.name}.partial-*"):
+        pid = partial.name.removeprefix(f".{output_dir.name}.partial-").partition("-")[0]
+        if not pid.isdigit() or not psutil.pid_exists(int(pid)):
+            log.info("removing %s, left by a training that died", partial)
+            shutil.rmtree(partial, ignore_errors=True)
+
+
 def train(
     cfg: PipelineConfig,
     dataset_dir: str | os.PathLike[str],
@@ -154,15 +166,17 @@ def train(
     address = ray_address or os.environ.get("RAY_ADDRESS")
     preflight(cfg, dataset_dir, prepared_dir, local=not address and not ray.is_initialized())
     output_dir = Path(output_dir or cfg.train.output_dir).resolve()
-    tmp_out = output_dir.with_name(f".{output_dir.name}.partial")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    # This run's own: a second training into the same place (by hand, beside `dvc repro`) neither reads nor
+    # deletes it, and the last one to finish is what stays.
     started_ray = not ray.is_initialized()
     connect_ray(ray_address)
+    _remove_dead_partials(output_dir)
+    tmp_out = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-{os.getpid()}-", dir=output_dir.parent))
     try:
         nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
         plan = plan_workers(cfg.train, nodes)
         log.info("training plan: %s", plan.reason)
-        shutil.rmtree(tmp_out, ignore_errors=True)
-        tmp_out.mkdir(parents=True)
         task = prepare_task(cfg, dataset_dir, prepared_dir)
         streaming = choose_loading(cfg, task.data.get("images")) == "streaming"
         rows = task.data.get("images", task.data.get("ids"))
@@ -187,7 +201,7 @@ def train(
             scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                          resources_per_worker={"CPU": plan.cpus_per_worker}),
             run_config=RunConfig(
-                name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
+                name=f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                 storage_path=str(output_dir.parent / "ray"),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),

@@ -1,0 +1,175 @@
+"""A directory of its own for each pipeline run, so runs may overlap; the stable paths show the latest success.
+
+A flow run (or `modelyard pipeline`) works in `<artifacts>/runs/<key>/`, where `<artifacts>` is the parent of
+`train.output_dir` (`artifacts/` by default):
+
+    runs/<key>/run.json            what ran, by which process, and how it ended
+    runs/<key>/data/<dataset>/     its cut of the dataset (the raw download under data/raw/ stays shared)
+    runs/<key>/data/prepared/      its splits
+    runs/<key>/reports/validation/ its validation report
+    runs/<key>/train/ eval/ register/ metrics.json, and ray/ (its Ray Train checkpoints)
+
+Two runs with different parameters therefore never read or delete each other's files. When a run has
+registered its model, `publish` copies its outputs to the stable paths of the config the run started from
+(`data/<dataset>`, `reports/validation`, `artifacts/train`, `artifacts/eval`, `artifacts/register`,
+`artifacts/metrics.json`: what `dvc repro`, `dvc metrics show` and the README read) and points
+`runs/latest` at it. Publishing is serialised by a file lock, so the stable paths always hold one whole run:
+the one that finished last. `dvc repro` and the single-stage CLI commands keep writing the stable paths
+directly, as DVC expects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelyard.config import PipelineConfig
+from modelyard.runtime import owner_alive, process_owner
+
+log = logging.getLogger(__name__)
+
+KEEP_FINISHED = 10  # finished run directories kept (the newest); a running one is never removed
+
+
+def runs_root(cfg: PipelineConfig) -> Path:
+    return Path(cfg.train.output_dir).parent / "runs"
+
+
+def run_config(cfg: PipelineConfig, run_dir: Path) -> PipelineConfig:
+    """`cfg` with every path a run writes moved under `run_dir`; raw downloads stay where they are shared."""
+    return cfg.with_overrides({
+        "data": {"data_dir": str(run_dir / "data"), "raw_dir": str(cfg.data.raw_root)},
+        "validate": {"report_dir": str(run_dir / "reports" / "validation")},
+        "augment": {"prepared_dir": str(run_dir / "data" / "prepared")},
+        "train": {"output_dir": str(run_dir / "train")},
+        "evaluate": {"output_dir": str(run_dir / "eval"), "metrics_path": str(run_dir / "metrics.json")},
+    })
+
+
+def published_paths(run: PipelineConfig, stable: PipelineConfig) -> list[tuple[Path, Path]]:
+    """(in the run directory, stable path) for everything `publish` copies."""
+    from modelyard.stages import prepared_dir, registration_dir
+
+    pairs = [(run.data.dataset_dir, stable.data.dataset_dir), (prepared_dir(run), prepared_dir(stable)),
+             (Path(run.validate_.report_dir), Path(stable.validate_.report_dir)),
+             (Path(run.train.output_dir), Path(stable.train.output_dir)),
+             (Path(run.evaluate.output_dir), Path(stable.evaluate.output_dir)),
+             (registration_dir(run), registration_dir(stable)),
+             (Path(run.evaluate.metrics_path), Path(stable.evaluate.metrics_path))]
+    return pairs
+
+
+@dataclass
+class Run:
+    key: str
+    dir: Path
+    cfg: PipelineConfig  # the run's own paths
+    stable: PipelineConfig  # the config it started from, whose paths `publish` fills
+    published: bool = False
+
+    def publish(self) -> None:
+        """Copy this run's outputs to the stable paths and point `runs/latest` here (under the lock)."""
+        from filelock import FileLock
+
+        root = runs_root(self.stable)
+        started = time.perf_counter()
+        with FileLock(root / ".publish.lock"):
+            for src, dst in published_paths(self.cfg, self.stable):
+                if src.exists():
+                    _copy_into_place(src, dst)
+            latest = root / f".latest-{uuid.uuid4().hex[:8]}"
+            latest.symlink_to(self.key, target_is_directory=True)
+            latest.replace(root / "latest")
+        self.published = True
+        _update(self.dir, published_at=_now())
+        log.info("published run %s to the stable paths in %.1f s", self.key, time.perf_counter() - started)
+
+
+@contextmanager
+def open_run(cfg: PipelineConfig, *, label: str | None = None) -> Iterator[Run]:
+    """A new run directory for `cfg` (its key: UTC start time, then `label` or a random id); `run.json`
+    records how the run ended. Old finished run directories beyond the newest KEEP_FINISHED are removed."""
+    root = runs_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    label = re.sub(r"[^A-Za-z0-9._-]+", "-", label or "").strip("-.")[:48] or uuid.uuid4().hex[:8]
+    key = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{label}"
+    run_dir = root / key
+    run_dir.mkdir()  # exclusive: a key is never shared
+    run = Run(key=key, dir=run_dir, cfg=run_config(cfg, run_dir.resolve()), stable=cfg)
+    doc = {"key": key, "status": "running", "owner": process_owner(), "started_at": _now(), "model": cfg.model_name}
+    (run_dir / "run.json").write_text(json.dumps(doc, indent=2) + "\n")
+    log.info("run %s works in %s", key, run_dir)
+    try:
+        yield run
+    except BaseException as exc:
+        _update(run_dir, status="failed", finished_at=_now(), error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    else:
+        _update(run_dir, status="succeeded" if run.published else "finished", finished_at=_now())
+    finally:
+        prune(root)
+
+
+def prune(root: Path, keep: int = KEEP_FINISHED) -> list[Path]:
+    """Remove the finished run directories (and those of runs whose process died) beyond the newest `keep`.
+    The one `latest` points at stays."""
+    latest = (root / "latest").resolve() if (root / "latest").exists() else None
+    finished = []
+    for run_dir in sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink()
+                           and not p.name.startswith(".")), reverse=True):
+        doc = _read(run_dir)
+        if doc.get("status") != "running" or owner_alive(doc.get("owner", "")) is False:
+            finished.append(run_dir)
+    removed = [d for d in finished[keep:] if d.resolve() != latest]
+    for run_dir in removed:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if removed:
+        log.info("removed %d old run directories from %s", len(removed), root)
+    return removed
+
+
+def _copy_into_place(src: Path, dst: Path) -> None:
+    """A copy (not a link: the stable copy may be rewritten in place by a CLI stage) swapped in atomically."""
+    from modelyard.data.dataset import replace_dir
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = dst.with_name(f".{dst.name}.publish-{uuid.uuid4().hex[:8]}")
+    try:
+        if src.is_dir():
+            shutil.copytree(src, staging, symlinks=True)
+            replace_dir(staging, dst)
+        else:
+            shutil.copy2(src, staging)
+            staging.replace(dst)
+    finally:  # left only when the copy failed
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.unlink(missing_ok=True)
+
+
+def _read(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _update(run_dir: Path, **fields) -> None:
+    path = run_dir / "run.json"
+    tmp = path.with_name(f".run.json.{os.getpid()}")
+    tmp.write_text(json.dumps(_read(run_dir) | fields, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
