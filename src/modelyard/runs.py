@@ -109,6 +109,7 @@ def open_run(cfg: PipelineConfig, *, label: str | None = None) -> Iterator[Run]:
     (run_dir / "run.json").write_text(json.dumps(doc, indent=2) + "\n")
     log.info("run %s works in %s", key, run_dir)
     try:
+        _start_from_the_stable_data(run)
         yield run
     except BaseException as exc:
         _update(run_dir, status="failed", finished_at=_now(), error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -117,6 +118,20 @@ def open_run(cfg: PipelineConfig, *, label: str | None = None) -> Iterator[Run]:
         _update(run_dir, status="succeeded" if run.published else "finished", finished_at=_now())
     finally:
         prune(root)
+
+
+def _start_from_the_stable_data(run: Run) -> None:
+    """The dataset at the stable path, when it is the cut the run asks for (`dvc pull`ed, fetched before, or
+    put there by hand), is the one the run uses: copied into the run directory, where fetch finds it current."""
+    from filelock import FileLock
+
+    from modelyard.data.fetch import is_current
+
+    stable = run.stable.data.dataset_dir
+    with FileLock(runs_root(run.stable) / ".publish.lock"):  # not while a publish swaps it
+        if is_current(stable, run.stable.data):
+            shutil.copytree(stable, run.cfg.data.dataset_dir, symlinks=True)
+            log.info("run %s starts from the dataset in %s", run.key, stable)
 
 
 def prune(root: Path, keep: int = KEEP_FINISHED) -> list[Path]:

@@ -5,6 +5,7 @@ concurrent deployment runs themselves are in tests/stack (`make reliability`).""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,17 @@ def test_pruning_keeps_the_newest_finished_runs_the_live_ones_and_latest(tmp_pat
     assert sorted(removed) == sorted([*finished[:-3][1:], killed])
     assert {p.name for p in root.iterdir()} == {"latest", *(d.name for d in (live, other_host, finished[0],
                                                                             *finished[-3:]))}
+
+
+def test_a_run_starts_from_the_dataset_at_the_stable_path_when_it_is_the_cut_asked_for(tmp_path, small_dataset_dir):
+    """A `dvc pull`ed (or earlier) data/<dataset> is what the run validates and trains on, not a new cut."""
+    from modelyard.data.dataset import read_metadata
+    from modelyard.data.fetch import _limits
+
+    cfg = small_config(tmp_path, tmp_path / "data")  # no raw download at all: fetching would fail
+    shutil.copytree(small_dataset_dir, cfg.data.dataset_dir)
+    (cfg.data.dataset_dir / "limits.txt").write_text(_limits(cfg.data))
+    with open_run(cfg) as run:
+        stages.fetch(run.cfg)
+    assert read_metadata(run.cfg.data.dataset_dir) == read_metadata(small_dataset_dir)
+    assert _tree(run.cfg.data.dataset_dir) == _tree(cfg.data.dataset_dir)

@@ -392,6 +392,7 @@ def test_every_corruption_the_suite_knows_stops_the_flow_before_training_and_the
     from modelyard import registry
     from modelyard.data.dataset import load_split, read_metadata, write_dataset
     from modelyard.data.fetch import _limits
+    from modelyard.runs import runs_root
     from pipelines.training import training_pipeline
 
     cfg, uri, url, _ = served
@@ -413,12 +414,15 @@ def test_every_corruption_the_suite_knows_stops_the_flow_before_training_and_the
             (dataset_dir / "limits.txt").write_text(_limits(cfg.data))  # fetch takes it as the current copy
             state = training_pipeline(data=dump["data"], train=dump["train"], registry=dump["registry"],
                                       deploy=True, params_path=str(params), return_state=True)
-            report = json.loads((Path(cfg.validate_.report_dir) / "report.json").read_text())
+            run_dir = max(runs_root(cfg).glob("2*"))  # the flow run's own directory (the newest)
+            report = json.loads((run_dir / "reports" / "validation" / "report.json").read_text())
             failed = sorted({f"{c['table']}.{c['column'] or c['expectation']}" for c in report["results"]
                              if not c["success"]})
             outcome[name] = (state.is_failed(), failed)
             assert state.is_failed(), name
-            assert not Path(cfg.train.output_dir).exists() and not (Path(cfg.train.output_dir).parent / "ray").exists()
+            assert json.loads((run_dir / "run.json").read_text())["status"] == "failed", name
+            assert not (run_dir / "train").exists() and not (run_dir / "ray").exists(), name  # no training began
+            assert not Path(cfg.train.output_dir).exists(), name  # and nothing was published
             assert registry.latest_version(uri, NAME) == versions_before, name
             assert registry.get_version(uri, NAME, alias="champion").version == champion, name
             answer = requests.post(url + "/predict", files={"file": ("x.png", _png(test.images[0]), "image/png")},

@@ -219,6 +219,9 @@ def test_two_runs_of_the_deployment_at_once_both_finish_each_with_its_own_output
     assert latest in {d.resolve() for d in run_dirs.values()}
     published = json.loads((Path(stack.cfg.train.output_dir) / "train.json").read_text())
     assert published == json.loads((latest / "train" / "train.json").read_text())
+    overlap = min(r["end_time"] for r in runs.values()), max(r["start_time"] for r in runs.values())
+    own = "; ".join(f"{n}: {d.name}, MLflow run {train_info[n]['run_id'][:8]}" for n, d in run_dirs.items())
+    print(f"overlapping from {overlap[1]} to {overlap[0]}; {own}; published last, at the stable paths: {latest.name}")
     stable_limits = (Path(stack.cfg.data.data_dir) / "fashion_mnist" / "limits.txt").read_text()
     assert stable_limits == (latest / "data" / "fashion_mnist" / "limits.txt").read_text()
 

@@ -30,7 +30,7 @@ def fetch_dataset(cfg: DataConfig, *, timeout_s: float = 15.0) -> Path:
     spec = get_dataset(cfg.dataset)
     dataset_dir = cfg.dataset_dir
     source = f"{spec.name} (train_limit={cfg.train_limit}, test_limit={cfg.test_limit})"
-    if _is_current(dataset_dir, cfg):
+    if is_current(dataset_dir, cfg):
         log.info("dataset %s already at %s; nothing to fetch", source, dataset_dir)
         return dataset_dir
 
@@ -53,7 +53,7 @@ def _limits(cfg: DataConfig) -> str:
     return f"train_limit={cfg.train_limit}\ntest_limit={cfg.test_limit}\n"
 
 
-def _is_current(dataset_dir: Path, cfg: DataConfig) -> bool:
+def is_current(dataset_dir: Path, cfg: DataConfig) -> bool:
     limits = dataset_dir / "limits.txt"
     if not limits.is_file() or not (dataset_dir / "dataset.json").is_file():
         return False
