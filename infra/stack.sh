@@ -75,19 +75,39 @@ up() {
   say "serving $(grep -c '"name"' "$RUN_DIR/logs/serve.log" || true) registered champion(s) (log: ${RUN_DIR#"$ROOT"/}/logs/serve.log)"
 }
 
-down() {
-  local name pid
-  for name in runner ray mlflow prefect; do
+stop_groups() {  # GRACE NAME...: TERM their process groups, wait for them together, KILL any left after GRACE s
+  local grace=$1 name pid entry left t pids=()
+  shift
+  for name in "$@"; do
     [[ -f "$RUN_DIR/$name.pid" ]] || continue
     pid=$(cat "$RUN_DIR/$name.pid")
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 30); do pgrep -g "$pid" >/dev/null 2>&1 || break; sleep 1; done
-      if pgrep -g "$pid" >/dev/null 2>&1; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
-      say "$name stopped (process group $pid)"
+      pids+=("$name:$pid")
     fi
     rm -f "$RUN_DIR/$name.pid"
   done
+  for ((t = 0; t <= grace; t++)); do
+    left=0
+    for entry in "${pids[@]}"; do pgrep -g "${entry#*:}" >/dev/null 2>&1 && left=1; done
+    (( left )) || break
+    (( t < grace )) && sleep 1
+  done
+  for entry in "${pids[@]}"; do
+    name=${entry%%:*} pid=${entry#*:}
+    if pgrep -g "$pid" >/dev/null 2>&1; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
+    say "$name stopped (process group $pid)"
+  done
+}
+
+down() {
+  # The runner first, so a flow run in flight can still report to Prefect; MLflow and Prefect (whose sqlite
+  # stores are what a restart keeps) get 30 s to close; the Ray head keeps nothing a restart needs, and its
+  # gcs_server and raylet outlive a TERM of their group by 30 s or more, so it gets 5.
+  stop_groups 30 runner
+  stop_groups 30 mlflow prefect &
+  stop_groups 5 ray
+  wait
   # Killing the head leaves Ray's pointer to it behind; a later bare `ray.init()` would try to join it.
   if [[ "$(cat /tmp/ray/ray_current_cluster 2>/dev/null)" == "127.0.0.1:$RAY_PORT" ]]; then
     rm -f /tmp/ray/ray_current_cluster
