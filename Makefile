@@ -72,7 +72,7 @@ serve: setup  ## (re)deploy every task's champion to the running stack's Ray clu
 	$(BIN)/python -m serving "$$MODELYARD_PARAMS"
 
 test: setup browser  ## the whole suite: real Ray, MLflow, Prefect, Ray Serve, and the stack of `make up` in a browser
-	$(BIN)/python -m pytest tests -m "not reliability" --durations=15
+	$(BIN)/python -m pytest tests -m "not reliability" --durations=30
 
 reliability: setup  ## faults, minutes of load and hostile input, each with its figure (CI: .ci/reliability)
 	$(BIN)/python -m pytest tests -m reliability -s --durations=0

@@ -66,10 +66,13 @@ Split = ImageSplit | TextSplit
 
 
 def text_sha256(texts: list[str], labels: np.ndarray) -> str:
-    """Content hash of texts and labels (each text length-prefixed, so no two lists hash alike)."""
+    """Content hash of texts and labels (each text length-prefixed, so no two lists hash alike). A value that
+    is not a string (a broken export's number or null) is hashed as its JSON behind a 0xff byte, which no
+    UTF-8 holds, so the split can still be written, validated and refused."""
     digest = hashlib.sha256()
     for text in texts:
-        data = text.encode("utf-8", errors="surrogatepass")
+        data = (text.encode("utf-8", errors="surrogatepass") if isinstance(text, str)
+                else b"\xff" + json.dumps(text).encode())
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     digest.update(array_sha256(np.asarray(labels, dtype=np.int64)).encode())
@@ -139,6 +142,8 @@ def _load_text(path: Path) -> TextSplit:
 
 
 def _write_text(path: Path, split: TextSplit) -> None:
+    if len(split.texts) != len(split.labels):  # one JSON line holds a text and its label: no way to keep this
+        raise DatasetError(f"cannot write {path.name}: {len(split.texts)} texts but {len(split.labels)} labels")
     with path.open("w", encoding="utf-8", errors="surrogatepass") as fh:
         for text, label in zip(split.texts, split.labels.tolist()):
             fh.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
