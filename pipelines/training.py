@@ -1,4 +1,5 @@
-"""The training pipeline flow: fetch -> validate -> augment -> train -> evaluate -> register (-> deploy).
+"""The training pipeline flow: fetch -> validate -> augment -> train -> evaluate -> register -> publish
+(-> deploy), in a run directory of its own (modelyard.runs), so that runs of the deployment may overlap.
 
 Its parameters are a recipe name and the config sections, so the Prefect UI shows a recipe picker and a form
 per section (the model family's own fields, epochs, batch size, learning rate, workers, mixed precision, ...).
@@ -29,6 +30,7 @@ from tasks.stages import (
     deploy_task,
     evaluate_task,
     fetch_task,
+    publish_task,
     register_task,
     train_task,
     validate_task,
@@ -58,8 +60,8 @@ def training_pipeline(
         trained = train_task(run.cfg)
         metrics = evaluate_task(run.cfg)
         registered = register_task(run.cfg)
-        run.publish()
-    result = {"train": trained, "test": metrics, "registry": registered, "run_dir": str(run.dir)}
+        run_dir = publish_task(run)
+    result = {"train": trained, "test": metrics, "registry": registered, "run_dir": run_dir}
     if deploy:  # serves the champion, whether or not this run's model became it
         result["serving"] = deploy_task(cfg)
     return result

@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from modelyard import stages
 from modelyard.config import PipelineConfig
 from modelyard.data.validate import DataValidationError
+from modelyard.runs import Run
 
 
 @task(name="fetch", retries=2, retry_delay_seconds=5)
@@ -56,6 +57,13 @@ def register_task(cfg: PipelineConfig) -> dict[str, Any]:
     create_markdown_artifact(summary.pop("report"), key="pipeline-report",
                              description=f"{summary['name']} v{summary['version']} -> @{summary['alias']}")
     return summary
+
+
+@task(name="publish")
+def publish_task(run: Run) -> str:
+    """Copy the run's outputs to the stable paths (see modelyard.runs); returns its run directory."""
+    run.publish()
+    return str(run.dir)
 
 
 @task(name="deploy", retries=1, retry_delay_seconds=10)

@@ -59,13 +59,12 @@ def published_paths(run: PipelineConfig, stable: PipelineConfig) -> list[tuple[P
     """(in the run directory, stable path) for everything `publish` copies."""
     from modelyard.stages import prepared_dir, registration_dir
 
-    pairs = [(run.data.dataset_dir, stable.data.dataset_dir), (prepared_dir(run), prepared_dir(stable)),
-             (Path(run.validate_.report_dir), Path(stable.validate_.report_dir)),
-             (Path(run.train.output_dir), Path(stable.train.output_dir)),
-             (Path(run.evaluate.output_dir), Path(stable.evaluate.output_dir)),
-             (registration_dir(run), registration_dir(stable)),
-             (Path(run.evaluate.metrics_path), Path(stable.evaluate.metrics_path))]
-    return pairs
+    return [(run.data.dataset_dir, stable.data.dataset_dir), (prepared_dir(run), prepared_dir(stable)),
+            (Path(run.validate_.report_dir), Path(stable.validate_.report_dir)),
+            (Path(run.train.output_dir), Path(stable.train.output_dir)),
+            (Path(run.evaluate.output_dir), Path(stable.evaluate.output_dir)),
+            (registration_dir(run), registration_dir(stable)),
+            (Path(run.evaluate.metrics_path), Path(stable.evaluate.metrics_path))]
 
 
 @dataclass
@@ -74,7 +73,6 @@ class Run:
     dir: Path
     cfg: PipelineConfig  # the run's own paths
     stable: PipelineConfig  # the config it started from, whose paths `publish` fills
-    published: bool = False
 
     def publish(self) -> None:
         """Copy this run's outputs to the stable paths and point `runs/latest` here (under the lock)."""
@@ -89,7 +87,6 @@ class Run:
             latest = root / f".latest-{uuid.uuid4().hex[:8]}"
             latest.symlink_to(self.key, target_is_directory=True)
             latest.replace(root / "latest")
-        self.published = True
         _update(self.dir, published_at=_now())
         log.info("published run %s to the stable paths in %.1f s", self.key, time.perf_counter() - started)
 
@@ -102,8 +99,12 @@ def open_run(cfg: PipelineConfig, *, label: str | None = None) -> Iterator[Run]:
     root.mkdir(parents=True, exist_ok=True)
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", label or "").strip("-.")[:48] or uuid.uuid4().hex[:8]
     key = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{label}"
+    try:
+        (root / key).mkdir()  # exclusive: a key is never shared
+    except FileExistsError:  # two runs of the same name in the same second
+        key = f"{key}-{uuid.uuid4().hex[:8]}"
+        (root / key).mkdir()
     run_dir = root / key
-    run_dir.mkdir()  # exclusive: a key is never shared
     run = Run(key=key, dir=run_dir, cfg=run_config(cfg, run_dir.resolve()), stable=cfg)
     doc = {"key": key, "status": "running", "owner": process_owner(), "started_at": _now(), "model": cfg.model_name}
     (run_dir / "run.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -115,7 +116,8 @@ def open_run(cfg: PipelineConfig, *, label: str | None = None) -> Iterator[Run]:
         _update(run_dir, status="failed", finished_at=_now(), error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
     else:
-        _update(run_dir, status="succeeded" if run.published else "finished", finished_at=_now())
+        published = bool(_read(run_dir).get("published_at"))
+        _update(run_dir, status="succeeded" if published else "finished", finished_at=_now())
     finally:
         prune(root)
 

@@ -104,7 +104,7 @@ def test_prefect_recorded_the_tasks_and_report_artifacts(pipeline_run):
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     names = {t.name.rsplit("-", 1)[0] for t in tasks}
-    assert {"fetch", "validate", "augment", "train", "evaluate", "register", "deploy"} <= names
+    assert {"fetch", "validate", "augment", "train", "evaluate", "register", "publish", "deploy"} <= names
     assert all(t.state.is_completed() for t in tasks)
     by_key = {a.key: a for a in artifacts}
     assert {"data-validation", "evaluation-report", "pipeline-report"} <= set(by_key)
