@@ -213,7 +213,9 @@ def test_two_runs_of_the_deployment_at_once_both_finish_each_with_its_own_output
         assert params["data.train_limit"] == str(wanted[name].get("data", dump["data"])["train_limit"])
         assert params["train.epochs"] == str(wanted[name]["train"]["epochs"])
         assert tags["modelyard.outputs"] == str(run_dir.resolve())
+        train_info[name]["dataset_md5"] = tags["dvc.md5.dataset"]  # the lineage of the data it trained on
     assert train_info["short"]["run_id"] != train_info["long"]["run_id"]
+    assert train_info["short"]["dataset_md5"] != train_info["long"]["dataset_md5"]  # each read its own cut
 
     latest = (root / "latest").resolve()
     assert latest in {d.resolve() for d in run_dirs.values()}
