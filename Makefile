@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 PIPFILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
 # Telemetry off for everything make starts, and no hub look-ups (see infra/env.sh for the stack's env).
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \
-       RAY_USAGE_STATS_ENABLED=0 DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false
+       RAY_USAGE_STATS_ENABLED=0 DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false ORT_DISABLE_TELEMETRY=1
 
 .PHONY: help setup browser data up run down status serve test reliability test-fast repro bench clean
 

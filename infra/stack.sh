@@ -75,13 +75,21 @@ up() {
   say "serving $(grep -c '"name"' "$RUN_DIR/logs/serve.log" || true) registered champion(s) (log: ${RUN_DIR#"$ROOT"/}/logs/serve.log)"
 }
 
+descendants() {  # every process below PID, whatever its process group
+  local child
+  for child in $(pgrep -P "$1"); do echo "$child"; descendants "$child"; done
+}
+
 stop_groups() {  # GRACE NAME...: TERM their process groups, wait for them together, KILL any left after GRACE s
-  local grace=$1 name pid entry left t pids=()
+  local grace=$1 name pid entry left t pids=() below=()
   shift
   for name in "$@"; do
     [[ -f "$RUN_DIR/$name.pid" ]] || continue
     pid=$(cat "$RUN_DIR/$name.pid")
     if kill -0 "$pid" 2>/dev/null; then
+      # Ray's workers and actors (Serve replicas) are the raylet's children in process groups of their own:
+      # noted now, so a raylet killed before it stopped them does not leave them behind.
+      below+=($(descendants "$pid"))
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
       pids+=("$name:$pid")
     fi
@@ -98,6 +106,7 @@ stop_groups() {  # GRACE NAME...: TERM their process groups, wait for them toget
     if pgrep -g "$pid" >/dev/null 2>&1; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
     say "$name stopped (process group $pid)"
   done
+  for pid in "${below[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
 }
 
 down() {

@@ -15,6 +15,9 @@ TELEMETRY_OFF = {
     "DVC_NO_ANALYTICS": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "GX_ANALYTICS_ENABLED": "false",
+    # onnxruntime (1.32) writes a device id and an event store under ~/.cache/Microsoft at import, unless
+    # this is set or it finds a CI's variables.
+    "ORT_DISABLE_TELEMETRY": "1",
 }
 # No model hub is reachable from the machines this runs on; fail fast instead of retrying for 25 s.
 OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1"}

@@ -106,7 +106,7 @@ def test_autoscaling_and_the_haproxy_ingress_are_set_on_every_node(manifest, ser
     for name, template in _pod_templates(manifest):
         env = {e["name"]: e.get("value") for c in template["spec"]["containers"] for e in c.get("env", [])}
         assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1", name
-        assert env.get("RAY_USAGE_STATS_ENABLED") == "0", name
+        assert env.get("RAY_USAGE_STATS_ENABLED") == "0" and env.get("ORT_DISABLE_TELEMETRY") == "1", name
         assert "MLFLOW_TRACKING_URI" in env, name
 
 

@@ -69,3 +69,26 @@ def test_text_export_has_dynamic_batch_and_sequence_axes(tmp_path, family):
     texts = SENTENCES + ["a" * 3000]  # other batch size, other lengths, one truncated
     a, b = torch_side.predict_proba(texts), ort_side.predict_proba(texts)
     assert np.abs(a - b).max() < 1e-4 and (a.argmax(1) == b.argmax(1)).all()
+
+
+CI_VARIABLES = ("CI", "TF_BUILD", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "CODEBUILD_BUILD_ID", "BUILDKITE",
+                "TEAMCITY_VERSION", "BITBUCKET_BUILD_NUMBER")  # onnxruntime stays quiet where it sees one
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_onnxruntime_writes_nothing_in_home_once_the_environment_is_configured(tmp_path, configured):
+    """On a user's machine (no CI variables) onnxruntime 1.32 writes a device id and a telemetry event store
+    under ~/.cache/Microsoft at import; the project's environment switches that off."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in (*CI_VARIABLES, "ORT_DISABLE_TELEMETRY")}
+    env["HOME"] = str(tmp_path)
+    setup = "from modelyard.runtime import configure_environment; configure_environment(); " if configured else ""
+    subprocess.run([sys.executable, "-c", setup + "import onnxruntime"], env=env, check=True, timeout=120)
+    written = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()]
+    if configured:
+        assert not written, written
+    else:  # what the switch is for: without it, onnxruntime does write there
+        assert any("Microsoft" in p for p in written), written
