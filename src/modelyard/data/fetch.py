@@ -30,21 +30,22 @@ def fetch_dataset(cfg: DataConfig, *, timeout_s: float = 15.0) -> Path:
     spec = get_dataset(cfg.dataset)
     dataset_dir = cfg.dataset_dir
     source = f"{spec.name} (train_limit={cfg.train_limit}, test_limit={cfg.test_limit})"
-    if is_current(dataset_dir, cfg):
-        log.info("dataset %s already at %s; nothing to fetch", source, dataset_dir)
-        return dataset_dir
-
     raw_dir = cfg.raw_root / spec.name
-    ctx = SourceContext(timeout_s=timeout_s, local_dir=Path(cfg.local_dir).expanduser() if cfg.local_dir else None)
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(raw_dir.parent / f".{spec.name}.lock"):  # runs side by side download once, and never read
-        origin, full = _ensure_raw(spec, raw_dir, cfg.resolved_sources(), ctx)  # a copy being replaced
-    splits = {}
-    for split, data in full.items():
-        limit = cfg.train_limit if split == "train" else cfg.test_limit
-        splits[split] = data if limit is None else data.take(slice(0, limit))
-    write_dataset(dataset_dir, splits, list(spec.classes), source=origin, name=spec.name)
-    (dataset_dir / "limits.txt").write_text(_limits(cfg))
+    # One fetch of a dataset at a time on this disk: runs side by side download once, never read a raw copy
+    # being replaced, and never cut the same directory twice at once.
+    with FileLock(raw_dir.parent / f".{spec.name}.lock"):
+        if is_current(dataset_dir, cfg):
+            log.info("dataset %s already at %s; nothing to fetch", source, dataset_dir)
+            return dataset_dir
+        ctx = SourceContext(timeout_s=timeout_s, local_dir=Path(cfg.local_dir).expanduser() if cfg.local_dir else None)
+        origin, full = _ensure_raw(spec, raw_dir, cfg.resolved_sources(), ctx)
+        splits = {}
+        for split, data in full.items():
+            limit = cfg.train_limit if split == "train" else cfg.test_limit
+            splits[split] = data if limit is None else data.take(slice(0, limit))
+        write_dataset(dataset_dir, splits, list(spec.classes), source=origin, name=spec.name)
+        (dataset_dir / "limits.txt").write_text(_limits(cfg))
     log.info("wrote %s: %s", dataset_dir, {k: len(v) for k, v in splits.items()})
     return dataset_dir
 
