@@ -113,7 +113,16 @@ def _latency_ms(answers, q: float) -> float:
 def _replicas() -> list:
     from ray.util.state import list_actors
 
-    return list_actors(filters=[("class_name", "=", f"ServeReplica:{NAME}:{DEPLOYMENT}"), ("state", "=", "ALIVE")])
+    return list_actors(address=_gcs_address(),
+                       filters=[("class_name", "=", f"ServeReplica:{NAME}:{DEPLOYMENT}"), ("state", "=", "ALIVE")])
+
+
+def _gcs_address() -> str:
+    """This test's Ray: with no address the State API follows /tmp/ray's pointer, which may name a cluster
+    that is gone (one killed without `ray stop`)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
 
 
 def _running_replicas() -> int:

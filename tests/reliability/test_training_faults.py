@@ -47,18 +47,28 @@ class WorkerKiller(threading.Thread):
 
     def run(self) -> None:
         try:
+            import ray
             from ray.util.state import list_actors
 
+            # The worker's pid is looked up while the workers start, not at the moment of the kill: the State
+            # API answers in seconds on a busy 2-core machine, by when the epoch may be over.
             deadline = time.monotonic() + 300
+            workers = []
+            while not workers:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no Ray Train worker within 300 s")
+                workers = list_actors(address=ray.get_runtime_context().gcs_address,  # this test's Ray, not
+                                      filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])  # /tmp/ray's
+                time.sleep(0.5)
+            pid = workers[0].pid
             while not _checkpoints(self.storage):
                 if time.monotonic() > deadline:
                     raise TimeoutError("no checkpoint within 300 s")
                 time.sleep(0.2)
             time.sleep(self.delay_s)
-            workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
             self.checkpoints_at_kill = len(_checkpoints(self.storage))
-            self.killed_pid = workers[0].pid
-            os.kill(self.killed_pid, signal.SIGKILL)
+            self.killed_pid = pid
+            os.kill(pid, signal.SIGKILL)
         except BaseException as exc:  # noqa: BLE001 (reported by the test)
             self.error = exc
 
