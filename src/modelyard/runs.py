@@ -76,11 +76,9 @@ class Run:
 
     def publish(self) -> None:
         """Copy this run's outputs to the stable paths and point `runs/latest` here (under the lock)."""
-        from filelock import FileLock
-
         root = runs_root(self.stable)
         started = time.perf_counter()
-        with FileLock(root / ".publish.lock"):
+        with _publish_lock(self.stable):
             for src, dst in published_paths(self.cfg, self.stable):
                 if src.exists():
                     _copy_into_place(src, dst)
@@ -125,12 +123,10 @@ def open_run(cfg: PipelineConfig, *, label: str | None = None) -> Iterator[Run]:
 def _start_from_the_stable_data(run: Run) -> None:
     """The dataset at the stable path, when it is the cut the run asks for (`dvc pull`ed, fetched before, or
     put there by hand), is the one the run uses: copied into the run directory, where fetch finds it current."""
-    from filelock import FileLock
-
     from modelyard.data.fetch import is_current
 
     stable = run.stable.data.dataset_dir
-    with FileLock(runs_root(run.stable) / ".publish.lock"):  # not while a publish swaps it
+    with _publish_lock(run.stable):  # not while a publish swaps it
         if is_current(stable, run.stable.data):
             shutil.copytree(stable, run.cfg.data.dataset_dir, symlinks=True)
             log.info("run %s starts from the dataset in %s", run.key, stable)
@@ -152,6 +148,13 @@ def prune(root: Path, keep: int = KEEP_FINISHED) -> list[Path]:
     if removed:
         log.info("removed %d old run directories from %s", len(removed), root)
     return removed
+
+
+def _publish_lock(stable: PipelineConfig):
+    """The lock under which the stable paths of `stable` are written (publish) or read (a run's start)."""
+    from filelock import FileLock
+
+    return FileLock(runs_root(stable) / ".publish.lock")
 
 
 def _copy_into_place(src: Path, dst: Path) -> None:
