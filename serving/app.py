@@ -206,9 +206,12 @@ class Loaded:
     def version(self) -> str:
         return self.info["version"]
 
-    def prepare(self, raw: Any) -> Any:
-        """Raw bytes of an image -> decoded array; a list of texts -> the checked list (raises InvalidInputError)."""
-        return self.predictor.check_batch(raw) if self.predictor.modality == "text" else self.predictor.decode(raw)
+    def prepare(self, raw: list[Any]) -> list[Any]:
+        """A request's inputs as the batcher's items: each image's bytes decoded, or the texts checked together
+        (raises InvalidInputError)."""
+        if self.predictor.modality == "text":
+            return self.predictor.check_batch(raw)
+        return [self.predictor.decode(item) for item in raw]
 
 
 @serve.deployment(name="ModelServer", max_ongoing_requests=64, health_check_period_s=5)
@@ -334,15 +337,13 @@ class ModelServer:
         by both versions: the challenger's answer is returned (split) or only compared (mirror)."""
         champion, challenger, s = self.champion, self.challenger, self.settings
         start = time.perf_counter()
-        prepared = [champion.prepare(item) for item in raw] if champion.predictor.modality != "text" \
-            else champion.prepare(raw)
+        prepared = champion.prepare(raw)
         if challenger is None or random.random() >= s.canary_share:
             answers = await asyncio.gather(*(self._champion_batch(x) for x in prepared))
             self._count(answers[0]["model"]["version"], (time.perf_counter() - start) * 1e3)
             return list(answers)
         try:
-            other = [challenger.prepare(item) for item in raw] if challenger.predictor.modality != "text" \
-                else challenger.prepare(raw)
+            other = challenger.prepare(raw)
         except InvalidInputError:
             other = None  # the challenger cannot read this input; the champion answers
         (mine, t_mine), (chal, t_chal) = await asyncio.gather(
