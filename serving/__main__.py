@@ -20,15 +20,17 @@ def main() -> None:
     configure_environment()
     configure_logging()
     cfg = load_config(args.params)
-    from modelyard import registry
-    from serving.deploy import deploy, deploy_all
+    from serving.deploy import NoChampionError, deploy, deploy_all
 
     if args.task:
         print(json.dumps(deploy(cfg.serve, cfg.registry, model_name=args.task)))
-    elif args.if_any and not registry.with_alias(cfg.registry.resolved_tracking_uri(), cfg.registry.champion_alias):
-        print("no registered model has a champion yet: nothing to serve")
-    else:
+        return
+    try:
         print(json.dumps(deploy_all(cfg.serve, cfg.registry), indent=1))
+    except NoChampionError as err:
+        if not args.if_any:
+            raise
+        print(err)
 
 
 if __name__ == "__main__":

@@ -44,13 +44,17 @@ def deploy(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, *, model_name: 
     return served
 
 
+class NoChampionError(LookupError):
+    """No registered model has a champion: nothing to serve yet."""
+
+
 def deploy_all(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, *, tracking_uri: str | None = None,
                ray_address: str | None = None, timeout_s: float = 180.0) -> list[dict[str, Any]]:
     """Serve the champion of every registered model that has one (each its own application)."""
     tracking_uri = tracking_uri or registry_cfg.resolved_tracking_uri()
     champions = registry.with_alias(tracking_uri, registry_cfg.champion_alias)
     if not champions:
-        raise LookupError(f"no registered model in {tracking_uri} has a '{registry_cfg.champion_alias}' version; "
+        raise NoChampionError(f"no registered model in {tracking_uri} has a '{registry_cfg.champion_alias}' version; "
                           "train one first (`make run`)")
     _start_serve(serve_cfg, ray_address)
     served = [_run_app(serve_cfg, registry_cfg, mv.name, mv.version, tracking_uri, timeout_s) for mv in champions]
