@@ -15,14 +15,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def pipeline_run(prefect_api, fashion_mnist_dir, tmp_path_factory):
     """One flow run with deploy=True; yields (config, flow state, result). Tears Serve and Ray down after."""
     import ray

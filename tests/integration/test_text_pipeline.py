@@ -25,11 +25,10 @@ GOOD = "a gorgeous, witty, seductive movie"
 
 
 @pytest.fixture(scope="module")
-def served(rt_polarity_dir, tmp_path_factory):
+def served(prefect_api, rt_polarity_dir, tmp_path_factory):
     """The flow as the form runs it: params.yaml prefilled (the image default), recipe rt-bert picked, and
     the data limits and epochs edited. Yields (the run's config, registration, serving)."""
     import ray
-    from prefect.testing.utilities import prefect_test_harness
     from ray import serve
 
     from pipelines.training import training_pipeline
@@ -44,12 +43,11 @@ def served(rt_polarity_dir, tmp_path_factory):
     form = params.model_dump(mode="json", by_alias=True)
     form["data"] |= {"train_limit": 1600, "test_limit": 300}
     form["train"] |= {"epochs": 1, "batch_size": 32, "num_workers": 1}
-    with prefect_test_harness(server_startup_timeout=120):
-        state = training_pipeline(recipe="rt-bert", model=form["model"], train=form["train"], data=form["data"],
-                                  augment=form["augment"], registry=form["registry"], deploy=True,
-                                  params_path=str(params_path), return_state=True)
-        assert state.is_completed(), state
-        result = state.result()
+    state = training_pipeline(recipe="rt-bert", model=form["model"], train=form["train"], data=form["data"],
+                              augment=form["augment"], registry=form["registry"], deploy=True,
+                              params_path=str(params_path), return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
     cfg = small_config(tmp, data_dir, recipe="rt-bert", data={"train_limit": 1600, "test_limit": 300},
                        train={"epochs": 1, "batch_size": 32, "num_workers": 1}, serve={"port": params.serve.port})
     try:

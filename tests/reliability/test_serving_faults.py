@@ -446,7 +446,6 @@ def _corrupted_runs_stop_before_training(served, tmp_path, dataset_dir, corrupti
     """A flow run with deploy=True per corruption, its data written where fetch takes it as current; each must
     stop at validation with nothing trained, registered or published, while the served champion answers."""
     import yaml
-    from prefect.testing.utilities import prefect_test_harness
 
     from modelyard import registry
     from modelyard.data.dataset import load_split, read_metadata, write_dataset
@@ -467,29 +466,28 @@ def _corrupted_runs_stop_before_training(served, tmp_path, dataset_dir, corrupti
     champion = registry.get_version(uri, NAME, alias="champion").version
     versions_before = {n: _versions(uri, n) for n in {NAME, task}}
     outcome = {}
-    with prefect_test_harness(server_startup_timeout=120):
-        for name, (bad_train, bad_test, *after_write) in corruptions.items():
-            written = write_dataset(cfg.data.dataset_dir, {"train": bad_train, "test": bad_test}, meta["classes"],
-                                    source=f"corrupted: {name}", name=meta["name"])
-            for damage in after_write:  # what the writer cannot produce (a text line with no label)
-                damage(written)
-            (written / "limits.txt").write_text(_limits(cfg.data))  # fetch takes it as the current copy
-            state = training_pipeline(recipe=recipe, data=dump["data"], train=dump["train"],
-                                      registry=dump["registry"], deploy=True, params_path=str(params),
-                                      return_state=True)
-            run_dir = max(runs_root(cfg).glob("2*"))  # the flow run's own directory (the newest)
-            report = json.loads((run_dir / "reports" / "validation" / "report.json").read_text())
-            failed = sorted({f"{c['table']}.{c['column'] or c['expectation']}" for c in report["results"]
-                             if not c["success"]})
-            outcome[name] = (state.is_failed(), failed)
-            assert state.is_failed() and failed, name
-            assert json.loads((run_dir / "run.json").read_text())["status"] == "failed", name
-            assert not (run_dir / "train").exists() and not (run_dir / "ray").exists(), name  # no training began
-            assert not Path(cfg.train.output_dir).exists(), name  # and nothing was published
-            assert {n: _versions(uri, n) for n in {NAME, task}} == versions_before, name
-            assert registry.get_version(uri, NAME, alias="champion").version == champion, name
-            answer = requests.post(url + "/predict", files={"file": ("x.png", pngs[0], "image/png")}, timeout=30)
-            assert answer.status_code == 200 and answer.json()["model"]["version"] == champion, name
+    for name, (bad_train, bad_test, *after_write) in corruptions.items():
+        written = write_dataset(cfg.data.dataset_dir, {"train": bad_train, "test": bad_test}, meta["classes"],
+                                source=f"corrupted: {name}", name=meta["name"])
+        for damage in after_write:  # what the writer cannot produce (a text line with no label)
+            damage(written)
+        (written / "limits.txt").write_text(_limits(cfg.data))  # fetch takes it as the current copy
+        state = training_pipeline(recipe=recipe, data=dump["data"], train=dump["train"],
+                                  registry=dump["registry"], deploy=True, params_path=str(params),
+                                  return_state=True)
+        run_dir = max(runs_root(cfg).glob("2*"))  # the flow run's own directory (the newest)
+        report = json.loads((run_dir / "reports" / "validation" / "report.json").read_text())
+        failed = sorted({f"{c['table']}.{c['column'] or c['expectation']}" for c in report["results"]
+                         if not c["success"]})
+        outcome[name] = (state.is_failed(), failed)
+        assert state.is_failed() and failed, name
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "failed", name
+        assert not (run_dir / "train").exists() and not (run_dir / "ray").exists(), name  # no training began
+        assert not Path(cfg.train.output_dir).exists(), name  # and nothing was published
+        assert {n: _versions(uri, n) for n in {NAME, task}} == versions_before, name
+        assert registry.get_version(uri, NAME, alias="champion").version == champion, name
+        answer = requests.post(url + "/predict", files={"file": ("x.png", pngs[0], "image/png")}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model"]["version"] == champion, name
     for name, (stopped, failed) in outcome.items():
         print(f"  {name}: flow stopped at validation={stopped}; failed expectations: {', '.join(failed)}")
     return outcome
@@ -502,7 +500,7 @@ def _versions(uri: str, name: str) -> list[str]:
 
 
 def test_every_corruption_the_image_suite_knows_stops_the_flow_before_training_and_the_champion_keeps_serving(
-        served, small_dataset_dir, tmp_path, record_property):
+        served, prefect_api, small_dataset_dir, tmp_path, record_property):
     from modelyard.data.dataset import load_split
 
     train, test = load_split(small_dataset_dir, "train"), load_split(small_dataset_dir, "test")
@@ -511,7 +509,7 @@ def test_every_corruption_the_image_suite_knows_stops_the_flow_before_training_a
 
 
 def test_every_corruption_the_text_suite_knows_stops_the_flow_before_training(
-        served, rt_polarity_dir, tmp_path, record_property):
+        served, prefect_api, rt_polarity_dir, tmp_path, record_property):
     """The text task (rt-lstm) has no champion of its own here: nothing may be registered under its name,
     and the served (image) champion keeps answering throughout."""
     from modelyard.data.dataset import load_split
