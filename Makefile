@@ -23,9 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@echo "==> creating $(VENV) and installing the pinned stack (requirements.lock); takes a few minutes once"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | $(PIPFILTER)
-	# --no-compile: byte-compiling all 29,000 modules of the stack takes pip ~3 min on 2 cores; Python compiles
-	# the ones a process imports, once, on first import.
-	$(BIN)/python -m pip install --quiet --progress-bar off --no-compile -r requirements.lock 2>&1 | $(PIPFILTER)
+	$(BIN)/python -m pip install --quiet --progress-bar off -r requirements.lock 2>&1 | $(PIPFILTER)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | $(PIPFILTER)
 	touch $(STAMP)
 
