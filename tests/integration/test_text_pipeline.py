@@ -37,7 +37,7 @@ def served(prefect_api, rt_polarity_dir, tmp_path_factory):
     data_dir = tmp / "data"
     (data_dir / "raw").mkdir(parents=True)
     (data_dir / "raw" / "rt_polarity").symlink_to(rt_polarity_dir.parent / "raw" / "rt_polarity")
-    params = small_config(tmp, data_dir)
+    params = small_config(tmp, data_dir, serve={"replicas": 1})  # one MiniLM replica: the 2 cores are spent anyway
     params_path = tmp / "params.yaml"
     params_path.write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True)))
     form = params.model_dump(mode="json", by_alias=True)
@@ -49,7 +49,8 @@ def served(prefect_api, rt_polarity_dir, tmp_path_factory):
     assert state.is_completed(), state
     result = state.result()
     cfg = small_config(tmp, data_dir, recipe="rt-bert", data={"train_limit": 1600, "test_limit": 300},
-                       train={"epochs": 1, "batch_size": 32, "num_workers": 1}, serve={"port": params.serve.port})
+                       train={"epochs": 1, "batch_size": 32, "num_workers": 1},
+                       serve={"port": params.serve.port, "replicas": 1})
     try:
         yield cfg, result["registry"], result["serving"]
     finally:
