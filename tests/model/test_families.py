@@ -1,11 +1,17 @@
-"""Every model family trains through the same Ray Train loop on real data: the MLP, ResNet-18 on colour
+"""Every model family trains through the pipeline's worker code on real data: the MLP, ResNet-18 on colour
 images, and transfer learning in both modes (frozen backbone with cached features, frozen backbone under
-augmentation, fine-tuning). Short runs on small real subsets; what each family promises is checked."""
+augmentation, fine-tuning). Short runs on small real subsets; what each family promises is checked.
+
+The two-worker runs (ResNet-18, the Ray Data streaming path) go through Ray Train. The single-worker family
+checks run the same worker code (`distributed.run_worker`) in this process (`modelyard.training.local`):
+what they check is the family, and Ray Train's start-up, 20 to 30 s a run on 2 cores, is paid by the runs
+here that need it, by tests/model/test_training.py and by every flow test."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -54,15 +60,35 @@ def cifar_tiny(tmp_path_factory):
                          list(get_dataset("cifar10").classes), source="photo tiles", name="cifar10")
 
 
-def run(tmp_path_factory, dataset_dir, **sections):
-    from modelyard.training.distributed import train
-
+def configure(tmp_path_factory, dataset_dir, sections):
     tmp = tmp_path_factory.mktemp("run")
     sections["train"] = {"num_workers": 1, **sections.get("train", {})}
     sections["data"] = {"dataset": read_metadata(dataset_dir)["name"], **sections.get("data", {})}
     cfg = small_config(tmp, Path(dataset_dir).parent, **sections)
-    prepared = prepare_splits(dataset_dir, cfg.augment)
+    return cfg, prepare_splits(dataset_dir, cfg.augment)
+
+
+def run(tmp_path_factory, dataset_dir, **sections):
+    """Through Ray Train (`distributed.train`)."""
+    from modelyard.training.distributed import train
+
+    cfg, prepared = configure(tmp_path_factory, dataset_dir, sections)
     return cfg, train(cfg, dataset_dir, prepared)
+
+
+def run_in_process(tmp_path_factory, dataset_dir, **sections):
+    """The same worker code in this process, the model saved as `train` saves it; the result carries what the
+    family checks read (model_dir, history, final, features_cached)."""
+    from modelyard.models.artifact import save_model_dir
+    from modelyard.training.distributed import LocalSession
+    from modelyard.training.local import train_local
+
+    cfg, prepared = configure(tmp_path_factory, dataset_dir, sections)
+    session = LocalSession()
+    model, spec, history, _ = train_local(cfg, dataset_dir, prepared, session=session)
+    model_dir = save_model_dir(model, spec, Path(cfg.train.output_dir) / "model")
+    return cfg, SimpleNamespace(model_dir=str(model_dir), history=history, final=history[-1],
+                                features_cached=session.last_state["features_cached"])
 
 
 def backbone_matches_imagenet(model_dir) -> bool:
@@ -72,8 +98,8 @@ def backbone_matches_imagenet(model_dir) -> bool:
     return got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
 
 
-def test_the_raw_pytorch_mlp_learns(ray_session, fm_tiny, tmp_path_factory):
-    cfg, result = run(tmp_path_factory, fm_tiny, model={"name": "mlp", "hidden": 128},
+def test_the_raw_pytorch_mlp_learns(fm_tiny, tmp_path_factory):
+    cfg, result = run_in_process(tmp_path_factory, fm_tiny, model={"name": "mlp", "hidden": 128},
                       train={"epochs": 4, "batch_size": 64, "learning_rate": 0.05, "warmup_epochs": 0.5,
                              "channels_last": False})
     assert result.final["val/accuracy"] > 0.6 and cfg.model_name == "fashion-mnist-mlp"
@@ -92,9 +118,8 @@ def test_resnet18_trains_on_colour_images_with_per_channel_statistics(ray_sessio
     assert np.isfinite(result.final["train/loss"])
 
 
-def test_feature_extraction_caches_features_and_leaves_the_backbone_bit_identical(ray_session, fm_tiny,
-                                                                                   tmp_path_factory):
-    cfg, result = run(tmp_path_factory, fm_tiny,
+def test_feature_extraction_caches_features_and_leaves_the_backbone_bit_identical(fm_tiny, tmp_path_factory):
+    cfg, result = run_in_process(tmp_path_factory, fm_tiny,
                       model={"name": "transfer", "mode": "feature_extraction", "image_size": 64},
                       augment={"crop_padding": 0, "hflip_prob": 0, "erasing_prob": 0},
                       train={"epochs": 4, "optimizer": "adamw", "learning_rate": 0.003, "warmup_epochs": 0,
@@ -107,17 +132,16 @@ def test_feature_extraction_caches_features_and_leaves_the_backbone_bit_identica
     assert pre.input_shape == (64, 64, 3) and pre.mean == (0.5, 0.5, 0.5) and "efficientnet" in pre.normalization
 
 
-def test_a_frozen_backbone_under_augmentation_still_keeps_its_weights_and_statistics(ray_session, fm_tiny,
-                                                                                      tmp_path_factory):
+def test_a_frozen_backbone_under_augmentation_still_keeps_its_weights_and_statistics(fm_tiny, tmp_path_factory):
     # Augmented inputs go through the backbone every step (no cache): batch-norm must stay in eval mode.
-    _, result = run(tmp_path_factory, fm_tiny, model={"name": "transfer", "mode": "feature_extraction", "image_size": 64},
+    _, result = run_in_process(tmp_path_factory, fm_tiny, model={"name": "transfer", "mode": "feature_extraction", "image_size": 64},
                     train={"epochs": 1, "optimizer": "adamw", "learning_rate": 0.003, "channels_last": False})
     assert not result.features_cached
     assert backbone_matches_imagenet(result.model_dir)
 
 
-def test_fine_tuning_moves_the_backbone_at_its_own_learning_rate(ray_session, fm_tiny, tmp_path_factory):
-    _, result = run(tmp_path_factory, fm_tiny,
+def test_fine_tuning_moves_the_backbone_at_its_own_learning_rate(fm_tiny, tmp_path_factory):
+    _, result = run_in_process(tmp_path_factory, fm_tiny,
                     model={"name": "transfer", "mode": "fine_tuning", "image_size": 64, "backbone_lr_scale": 0.25},
                     train={"epochs": 1, "optimizer": "adamw", "learning_rate": 0.002, "warmup_epochs": 0,
                            "schedule": "constant", "grad_clip_norm": 1.0, "grad_accum_steps": 2,
