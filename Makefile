@@ -20,15 +20,13 @@ export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELE
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.lock pyproject.toml infra/uv_args.py
+$(STAMP): requirements.lock pyproject.toml infra/uv_pip.py
 	@echo "==> creating $(VENV) and installing the pinned stack (requirements.lock); takes a few minutes once"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv==$(UV_VERSION) 2>&1 | $(PIPFILTER)
 	# uv unpacks the wheels and byte-compiles them on every core, where pip uses one: about 1.5 min here instead
-	# of 4. It reads no pip configuration, so uv_args.py passes on pip's indexes, wheel folders and constraints.
-	uv_args=$$($(BIN)/python infra/uv_args.py $(BIN)/python)
-	mapfile -t UV_ARGS <<< "$$uv_args"
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode "$${UV_ARGS[@]}" -r requirements.lock
+	# of 4. It reads no pip configuration: uv_pip.py runs it with pip's indexes, wheel folders, caps and CA bundle.
+	$(BIN)/python infra/uv_pip.py install --quiet --python $(BIN)/python --compile-bytecode -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | $(PIPFILTER)
 	touch $(STAMP)
 

@@ -100,8 +100,8 @@ def backbone_matches_imagenet(model_dir) -> bool:
 
 def test_the_raw_pytorch_mlp_learns(fm_tiny, tmp_path_factory):
     cfg, result = run_in_process(tmp_path_factory, fm_tiny, model={"name": "mlp", "hidden": 128},
-                      train={"epochs": 4, "batch_size": 64, "learning_rate": 0.05, "warmup_epochs": 0.5,
-                             "channels_last": False})
+                                 train={"epochs": 4, "batch_size": 64, "learning_rate": 0.05, "warmup_epochs": 0.5,
+                                        "channels_last": False})
     assert result.final["val/accuracy"] > 0.6 and cfg.model_name == "fashion-mnist-mlp"
     spec = json.loads((Path(result.model_dir) / "model.json").read_text())
     assert spec["args"]["in_features"] == 784 and spec["family"] == "mlp"
@@ -120,10 +120,10 @@ def test_resnet18_trains_on_colour_images_with_per_channel_statistics(ray_sessio
 
 def test_feature_extraction_caches_features_and_leaves_the_backbone_bit_identical(fm_tiny, tmp_path_factory):
     cfg, result = run_in_process(tmp_path_factory, fm_tiny,
-                      model={"name": "transfer", "mode": "feature_extraction", "image_size": 64},
-                      augment={"crop_padding": 0, "hflip_prob": 0, "erasing_prob": 0},
-                      train={"epochs": 4, "optimizer": "adamw", "learning_rate": 0.003, "warmup_epochs": 0,
-                             "channels_last": False})
+                                 model={"name": "transfer", "mode": "feature_extraction", "image_size": 64},
+                                 augment={"crop_padding": 0, "hflip_prob": 0, "erasing_prob": 0},
+                                 train={"epochs": 4, "optimizer": "adamw", "learning_rate": 0.003, "warmup_epochs": 0,
+                                        "channels_last": False})
     assert result.features_cached
     assert backbone_matches_imagenet(result.model_dir)
     assert result.final["val/accuracy"] > 0.55  # a linear head over ImageNet features, 1k images, chance 0.10
@@ -134,18 +134,21 @@ def test_feature_extraction_caches_features_and_leaves_the_backbone_bit_identica
 
 def test_a_frozen_backbone_under_augmentation_still_keeps_its_weights_and_statistics(fm_tiny, tmp_path_factory):
     # Augmented inputs go through the backbone every step (no cache): batch-norm must stay in eval mode.
-    _, result = run_in_process(tmp_path_factory, fm_tiny, model={"name": "transfer", "mode": "feature_extraction", "image_size": 64},
-                    train={"epochs": 1, "optimizer": "adamw", "learning_rate": 0.003, "channels_last": False})
+    _, result = run_in_process(tmp_path_factory, fm_tiny,
+                               model={"name": "transfer", "mode": "feature_extraction", "image_size": 64},
+                               train={"epochs": 1, "optimizer": "adamw", "learning_rate": 0.003,
+                                      "channels_last": False})
     assert not result.features_cached
     assert backbone_matches_imagenet(result.model_dir)
 
 
 def test_fine_tuning_moves_the_backbone_at_its_own_learning_rate(fm_tiny, tmp_path_factory):
     _, result = run_in_process(tmp_path_factory, fm_tiny,
-                    model={"name": "transfer", "mode": "fine_tuning", "image_size": 64, "backbone_lr_scale": 0.25},
-                    train={"epochs": 1, "optimizer": "adamw", "learning_rate": 0.002, "warmup_epochs": 0,
-                           "schedule": "constant", "grad_clip_norm": 1.0, "grad_accum_steps": 2,
-                           "channels_last": False})
+                               model={"name": "transfer", "mode": "fine_tuning", "image_size": 64,
+                                      "backbone_lr_scale": 0.25},
+                               train={"epochs": 1, "optimizer": "adamw", "learning_rate": 0.002, "warmup_epochs": 0,
+                                      "schedule": "constant", "grad_clip_norm": 1.0, "grad_accum_steps": 2,
+                                      "channels_last": False})
     assert not result.features_cached and not backbone_matches_imagenet(result.model_dir)
     assert result.final["train/lr"] == pytest.approx(0.002)  # the head's group; the backbone's is a quarter
     assert np.isfinite(result.final["train/loss"])

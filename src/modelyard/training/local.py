@@ -21,11 +21,12 @@ from modelyard.training.distributed import LocalSession, prepare_task, run_worke
 
 
 def train_local(cfg: PipelineConfig, dataset_dir: str | os.PathLike[str], prepared_dir: str | os.PathLike[str],
-                device: str | torch.device = "cpu", threads: int | None = None,
-                session: LocalSession | None = None) -> tuple[torch.nn.Module, ModelSpec, list[dict[str, float]], float]:
+                device: str | torch.device = "cpu", threads: int | None = None, session: LocalSession | None = None,
+                ) -> tuple[torch.nn.Module, ModelSpec, list[dict[str, float]], float]:
     """Train `cfg` on `device` in this process; returns the trained model (eval mode), its spec, the
     per-epoch history and the seconds from the first step to the last epoch's validation. Pass a `session`
-    (its device is used) to read the last checkpoint's whole state afterwards (`session.last_state`: precision, cached features)."""
+    (its device is used) to read the last checkpoint's whole state afterwards (`session.last_state`:
+    precision, cached features)."""
     task = prepare_task(cfg, dataset_dir, prepared_dir)
     config: dict[str, Any] = {
         "cfg": cfg.model_dump(mode="json", by_alias=True),

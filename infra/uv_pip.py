@@ -1,23 +1,23 @@
-"""Print the `uv pip install` options that make uv install from where pip is configured to.
+"""Run `uv pip ...` with the sources pip is configured with: `python infra/uv_pip.py install -r requirements.lock`.
 
-`make setup` installs the pinned stack with uv (it unpacks and byte-compiles in parallel; pip does both on one
-core) but uv reads no pip configuration. A machine whose pip.conf names a wheel folder, a local index or a
-constraints file (a version cap, a mirror) must give uv the same sources, or uv would resolve elsewhere. This
-asks pip for its effective configuration (`pip config list`: files and PIP_* variables alike) and prints one
-option per line; `make setup` passes them on. Nothing configured prints nothing but the index strategy.
+`make setup` installs the pinned stack with uv, which unpacks and byte-compiles on every core where pip uses
+one, but uv reads no pip configuration. A machine whose pip.conf (or PIP_* variables) names a wheel folder, a
+local index, a constraints file (a version cap) or a CA bundle must give uv the same, or uv would resolve
+elsewhere or fail on TLS. This asks pip for its effective configuration (`pip config list`), turns it into
+uv's options, and runs the `uv` installed beside this Python with them after the arguments it was given.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 # pip option -> uv option; each may hold several whitespace-separated values
 OPTIONS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
            "constraint": "--constraint"}
-
-
 PRECEDENCE = ("global", "install", ":env:")  # pip's: a PIP_* variable beats the [install] section beats [global]
 
 
@@ -42,5 +42,20 @@ def uv_args(config: dict[str, str]) -> list[str]:
     return args + ["--index-strategy", "unsafe-best-match"]
 
 
+def uv_env(config: dict[str, str], environ: dict[str, str]) -> dict[str, str]:
+    """The environment for uv: pip's CA bundle as SSL_CERT_FILE, unless one is set already."""
+    env = dict(environ)
+    if config.get("cert") and "SSL_CERT_FILE" not in env:
+        env["SSL_CERT_FILE"] = config["cert"]
+    return env
+
+
+def main(argv: list[str]) -> int:
+    config = pip_config(sys.executable)
+    uv = Path(sys.executable).parent / "uv"
+    command = [str(uv), "pip", *argv, *uv_args(config)]
+    return subprocess.run(command, env=uv_env(config, dict(os.environ))).returncode
+
+
 if __name__ == "__main__":
-    print("\n".join(uv_args(pip_config(sys.argv[1] if len(sys.argv) > 1 else sys.executable))))
+    sys.exit(main(sys.argv[1:]))
