@@ -109,7 +109,23 @@ stop_groups() {  # GRACE NAME...: TERM their process groups, wait for them toget
   for pid in "${below[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
 }
 
+finished_runs_closing() {  # RUNNER_PID: a flow-run process is still there although Prefect has no run active
+  local active
+  pgrep -P "$1" -f spawn_main >/dev/null 2>&1 || return 1
+  active=$(curl -sf -X POST "$PREFECT_API_URL/flow_runs/count" -H 'Content-Type: application/json' \
+    -d '{"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}}}' 2>/dev/null) || return 1
+  [[ "$active" == 0 ]]
+}
+
 down() {
+  # Prefect's runner, on TERM, forces every run it still has a process for to Cancelled, even one that has
+  # reported Completed and whose process is only closing (Ray, MLflow and Prefect letting go): a `down` right
+  # after a run ended would rewrite its history. Such processes get up to 30 s to exit first; a run still
+  # active is cancelled at once.
+  local t
+  if running runner; then
+    for ((t = 0; t < 30; t++)); do finished_runs_closing "$(cat "$RUN_DIR/runner.pid")" || break; sleep 1; done
+  fi
   # The runner first, so a flow run in flight can still report to Prefect; MLflow and Prefect (whose sqlite
   # stores are what a restart keeps) get 30 s to close; the Ray head keeps nothing a restart needs, and its
   # gcs_server and raylet outlive a TERM of their group by 30 s or more, so it gets 5.
