@@ -39,9 +39,9 @@ browser:  ## install Debian's chromium for the UI test (apt-get; once)
 	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo )
 	$$SUDO apt-get install -y -q chromium >/dev/null || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }
 
-data: setup  ## fetch Fashion-MNIST into data/ (reuses what is there) and export sample images
-	@$(BIN)/modelyard fetch
-	$(BIN)/modelyard samples
+data: setup  ## fetch params.yaml's dataset (or RECIPE's) into data/ (reuses what is there) and export samples
+	@$(BIN)/modelyard fetch $(if $(RECIPE),--recipe $(RECIPE))
+	$(BIN)/modelyard samples $(if $(RECIPE),--recipe $(RECIPE))
 
 up: setup  ## start Prefect server, MLflow server, Ray head and the deployment runner
 	@infra/stack.sh up
@@ -49,20 +49,14 @@ up: setup  ## start Prefect server, MLflow server, Ray head and the deployment r
 run: data up  ## everything: install, fetch, start the stack, run the pipeline once (RECIPE=name to pick one), serve
 	@source infra/env.sh
 	echo "==> running the training-pipeline deployment (follow it in the Prefect UI too)"
-	$(BIN)/python -m pipelines.trigger --worker-log "$$RUN_DIR/logs/runner.log" $(if $(RECIPE),--recipe $(RECIPE))
+	$(BIN)/python -m pipelines.trigger $(if $(RECIPE),--recipe $(RECIPE))
 	echo "==> serving every task that has a champion"
 	$(BIN)/python -m serving "$$MODELYARD_PARAMS" > "$$RUN_DIR/logs/serving.json"
-	SERVE_PORT=$$($(BIN)/python -c 'from modelyard.config import load_config; print(load_config("'"$$MODELYARD_PARAMS"'").serve.port)')
-	TASK=$$($(BIN)/modelyard show-config -p "$$MODELYARD_PARAMS" $(if $(RECIPE),--recipe $(RECIPE)) | sed -n 's/^# registered model name: //p')
 	echo
 	echo "  Prefect UI      http://127.0.0.1:$$PREFECT_PORT"
 	echo "  MLflow UI       http://127.0.0.1:$$MLFLOW_PORT"
 	echo "  Ray dashboard   http://127.0.0.1:$$RAY_DASHBOARD_PORT  (sign in with the token in $${RAY_AUTH_TOKEN_PATH#$$PWD/})"
-	echo "  Served tasks    http://127.0.0.1:$$SERVE_PORT/  (each at /<task>/: POST predict, GET model, GET health, docs)"
-	echo
-	echo "Classify a real test image:"
-	echo "  curl -F file=@data/samples/shirt.png http://127.0.0.1:$$SERVE_PORT/$$TASK/predict"
-	echo "Roll the champion back: .venv/bin/modelyard rollback $$TASK    Stop everything: make down"
+	$(BIN)/modelyard try -p "$$MODELYARD_PARAMS" $(if $(RECIPE),--recipe $(RECIPE))
 
 down:  ## stop everything `make up` / `make run` started (by recorded pids)
 	@infra/stack.sh down
@@ -92,4 +86,4 @@ bench: setup  ## benchmarks (print ratios against a baseline measured in the sam
 	$(BIN)/python -m bench.serve
 
 clean: down  ## remove run state and pipeline outputs (keeps .venv, data/raw and the MLflow store)
-	rm -rf .run artifacts reports data/prepared
+	rm -rf .run artifacts

@@ -7,6 +7,10 @@ export MODELYARD_PARAMS="${MODELYARD_PARAMS:-params.yaml}"    # what the deploym
 export MLFLOW_STORE_DIR="${MLFLOW_STORE_DIR:-$ROOT/mlflow}"   # mlflow.db + artifacts/, the embedded default's store
 
 export MPLCONFIGDIR="$RUN_DIR/matplotlib"                     # matplotlib's font cache, not in ~/.cache
+# tasks/, pipelines/ and serving/ are imported from the clone's root (they are not installed): the runner, the
+# Ray head's workers and Serve's replicas find them through this.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false             # no progress bar per model download in the logs
 
 # Telemetry off for every tool.
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \

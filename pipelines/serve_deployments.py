@@ -1,30 +1,28 @@
 """Register the `training-pipeline` deployment with the Prefect server and serve its runs.
 
-`make up` runs this in the background: the deployment then appears in the UI, prefilled with
-params.yaml's values, and its Run button executes the flow in this process's subprocesses.
+`make up` runs this in the background: the deployment then appears in the UI, its form prefilled with
+params.yaml's run, and its Run button executes the flow in this process's subprocesses.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-from modelyard.config import load_config
+from modelyard.forms import form_defaults
 from modelyard.runtime import configure_environment, configure_logging
 from pipelines.training import training_pipeline
 
 
 def deployment_parameters(params_path: str = "params.yaml") -> dict:
-    cfg = load_config(params_path)
-    dump = cfg.model_dump(mode="json", by_alias=True)
-    return {key: dump[key] for key in ("model", "train", "data", "augment", "registry")} | {
-        "deploy": True, "params_path": params_path,
-    }
+    return form_defaults(params_path) | {"deploy": True}
 
 
 def main() -> None:
     configure_environment()
     configure_logging()
     params_path = sys.argv[1] if len(sys.argv) > 1 else "params.yaml"
+    os.environ["MODELYARD_PARAMS"] = params_path  # the flow runs in subprocesses, which read it
     training_pipeline.serve(
         name="training-pipeline",
         parameters=deployment_parameters(params_path),

@@ -1,17 +1,16 @@
 """Start a run of the `training-pipeline` deployment on the Prefect server and follow it to the end.
 
-`make run` calls this: it prints each task's state as it changes and the flow's log lines, then exits
-0 when the run completed (non-zero otherwise). Parameters not given come from the deployment's form.
+`make run` calls this: it prints each task's state as it changes and the flow's log lines (training's progress
+inside an epoch and each epoch's metrics among them), then exits 0 when the run completed (non-zero
+otherwise). Parameters not given come from the deployment's form.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import time
-from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, LogFilter, LogFilterFlowRunId
@@ -21,14 +20,10 @@ from prefect.deployments import run_deployment
 DEPLOYMENT = "training-pipeline/training-pipeline"
 
 
-EPOCH_LINE = re.compile(r"epoch \d+: .*")
-
-
-async def follow(flow_run_id, worker_log: Path | None = None, poll_s: float = 3.0) -> str:
-    """Print task state changes, the flow's log lines, and the training workers' epoch lines."""
+async def follow(flow_run_id, poll_s: float = 3.0) -> str:
+    """Print task state changes and the flow's log lines until the run ends; returns its final state."""
     log_offset = 0
     task_states: dict[str, str] = {}
-    worker_pos = worker_log.stat().st_size if worker_log and worker_log.exists() else 0
     start = time.monotonic()
     async with get_client() as client:
         while True:
@@ -45,14 +40,7 @@ async def follow(flow_run_id, worker_log: Path | None = None, poll_s: float = 3.
             )
             log_offset += len(logs)
             for entry in logs:
-                print(f"         {entry.message.splitlines()[0][:160]}", flush=True)
-            if worker_log and worker_log.exists():
-                with worker_log.open("rb") as fh:
-                    fh.seek(worker_pos)
-                    chunk = fh.read().decode(errors="replace")
-                    worker_pos = fh.tell()
-                for match in EPOCH_LINE.finditer(chunk):
-                    print(f"         {match.group(0)[:160]}", flush=True)
+                print(f"         {entry.message.splitlines()[0][:200]}", flush=True)
             if run.state and run.state.is_final():
                 print(f"[{time.monotonic() - start:6.0f}s] flow run {run.name}: {run.state.name}", flush=True)
                 return run.state.type.value
@@ -61,13 +49,12 @@ async def follow(flow_run_id, worker_log: Path | None = None, poll_s: float = 3.
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--worker-log", type=Path, help="log of the deployment runner, for the epoch lines")
     parser.add_argument("--recipe", help="a named recipe (`modelyard recipes`), sent as the form's recipe field")
     args = parser.parse_args()
     parameters = {"recipe": args.recipe} if args.recipe else None
     flow_run = run_deployment(DEPLOYMENT, parameters=parameters, timeout=0)  # returns at once; followed below
     print(f"flow run {flow_run.name} ({flow_run.id}) started from {DEPLOYMENT}", flush=True)
-    state = asyncio.run(follow(flow_run.id, args.worker_log))
+    state = asyncio.run(follow(flow_run.id))
     return 0 if state == "COMPLETED" else 1
 
 

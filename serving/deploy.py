@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelyard import registry
 from modelyard.config import RegistryConfig, ServeConfig
+from modelyard.registry import versions
 from modelyard.runtime import connect_ray
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def deploy(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, *, model_name: 
     replicas load the new version in place (Serve's lightweight update) and keep answering meanwhile.
     """
     tracking_uri = tracking_uri or registry_cfg.resolved_tracking_uri()
-    champion = registry.get_version(tracking_uri, model_name, alias=registry_cfg.champion_alias)
+    champion = versions.get_version(tracking_uri, model_name, alias=registry_cfg.champion_alias)
     if champion is None:
         raise LookupError(f"no '{registry_cfg.champion_alias}' version of '{model_name}' to serve")
     _start_serve(serve_cfg, ray_address)
@@ -52,7 +52,7 @@ def deploy_all(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, *, tracking
                ray_address: str | None = None, timeout_s: float = 180.0) -> list[dict[str, Any]]:
     """Serve the champion of every registered model that has one (each its own application)."""
     tracking_uri = tracking_uri or registry_cfg.resolved_tracking_uri()
-    champions = registry.with_alias(tracking_uri, registry_cfg.champion_alias)
+    champions = versions.with_alias(tracking_uri, registry_cfg.champion_alias)
     if not champions:
         raise NoChampionError(f"no registered model in {tracking_uri} has a '{registry_cfg.champion_alias}' version; "
                           "train one first (`make run`)")
@@ -93,27 +93,19 @@ def _run_app(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, model_name: s
 def task_application(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, model_name: str, version: str,
                      tracking_uri: str) -> Any:
     """The bound Serve application of one task, with `serve.apps.<model_name>` applied to the section."""
-    from serving.app import ServerSettings, build_app
+    from serving.app import build_app
+    from serving.settings import AppSettings
 
     cfg = serve_cfg.for_app(model_name)
     replicas = cfg.autoscaling.max_replicas if cfg.autoscaling else cfg.replicas
-    threads = cfg.replica_threads or max(1, (os.cpu_count() or 1) // replicas)
-    canary = cfg.canary
     challenger = None
-    if canary.share > 0:
-        found = registry.get_version(tracking_uri, model_name, alias=registry_cfg.challenger_alias)
+    if cfg.canary.share > 0:
+        found = versions.get_version(tracking_uri, model_name, alias=registry_cfg.challenger_alias)
         challenger = found.version if found else None
-    settings = ServerSettings(
-        tracking_uri=tracking_uri, model_name=model_name, alias=registry_cfg.champion_alias,
-        challenger_alias=registry_cfg.challenger_alias, max_upload_bytes=cfg.max_upload_bytes,
-        body_timeout_s=cfg.body_timeout_s,
-        max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s, threads=threads,
-        canary_share=canary.share, canary_mode=canary.mode, follow_aliases_s=cfg.follow_aliases_s,
-        auth_token=_token(cfg), backend=cfg.backend,
-    )
-    autoscaling = cfg.autoscaling.model_dump() if cfg.autoscaling else None
-    return build_app(settings, version, challenger=challenger, replicas=cfg.replicas,
-                     replica_cpus=cfg.replica_cpus, autoscaling=autoscaling, access_log=cfg.access_log)
+    settings = AppSettings(model_name=model_name, tracking_uri=tracking_uri, serve=cfg, registry=registry_cfg,
+                           threads=cfg.replica_threads or max(1, (os.cpu_count() or 1) // replicas),
+                           auth_token=_token(cfg))
+    return build_app(settings, version, challenger=challenger)
 
 
 class TaskAppArgs(BaseModel):
@@ -137,7 +129,7 @@ def task_app(args: dict[str, Any]) -> Any:
     serve_cfg = ServeConfig.model_validate(args.serve)
     registry_cfg = RegistryConfig.model_validate(args.registry)
     tracking_uri = args.tracking_uri or registry_cfg.resolved_tracking_uri()
-    champion = registry.get_version(tracking_uri, args.model_name, alias=registry_cfg.champion_alias)
+    champion = versions.get_version(tracking_uri, args.model_name, alias=registry_cfg.champion_alias)
     if champion is None:
         raise LookupError(f"no '{registry_cfg.champion_alias}' version of '{args.model_name}' in {tracking_uri}")
     return task_application(serve_cfg, registry_cfg, args.model_name, champion.version, tracking_uri)
@@ -151,7 +143,7 @@ class IndexAppArgs(BaseModel):
 
 def index_app(args: dict[str, Any]) -> Any:
     """Application builder of `GET /` for config files, listing the tasks the file serves."""
-    from serving.app import build_index
+    from serving.index import build_index
 
     args = IndexAppArgs.model_validate(args)
     return build_index(args.apps, os.environ.get(ServeConfig().auth_token_env) or None)
@@ -161,7 +153,7 @@ def refresh_index(serve_cfg: ServeConfig) -> list[dict[str, Any]]:
     """(Re)deploy the index at <route_prefix> with what each running task application answers on /model."""
     from ray import serve
 
-    from serving.app import build_index
+    from serving.index import build_index
 
     base = base_url(serve_cfg)
     apps = []

@@ -31,9 +31,9 @@ def validate_task(cfg: PipelineConfig) -> dict[str, Any]:
     return {"checks": len(report.checks), "success": report.success}
 
 
-@task(name="augment")
-def augment_task(cfg: PipelineConfig) -> str:
-    return str(stages.augment(cfg))
+@task(name="prepare")
+def prepare_task(cfg: PipelineConfig) -> str:
+    return str(stages.prepare(cfg))
 
 
 @task(name="train")
@@ -61,7 +61,7 @@ def register_task(cfg: PipelineConfig) -> dict[str, Any]:
 
 @task(name="publish")
 def publish_task(run: Run) -> str:
-    """Copy the run's outputs to the stable paths (see modelyard.runs); returns its run directory."""
+    """Copy the run's outputs to its task's stable paths (see modelyard.runs); returns its run directory."""
     run.publish()
     return str(run.dir)
 
@@ -70,4 +70,4 @@ def publish_task(run: Run) -> str:
 def deploy_task(cfg: PipelineConfig) -> dict[str, Any]:
     from serving.deploy import deploy
 
-    return deploy(cfg.serve, cfg.registry, model_name=cfg.model_name)
+    return deploy(cfg.serve, cfg.registry, model_name=cfg.task_name)

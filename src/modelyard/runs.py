@@ -1,19 +1,17 @@
 """A directory of its own for each pipeline run, so runs may overlap; the stable paths show the latest success.
 
-A flow run (or `modelyard pipeline`) works in `<artifacts>/runs/<key>/`, where `<artifacts>` is the parent of
-`train.output_dir` (`artifacts/` by default):
+A flow run (or `modelyard pipeline`) works in `<artifacts_dir>/runs/<key>/`, laid out as `modelyard.paths`
+lays out the stable paths:
 
-    runs/<key>/run.json            what ran, by which process, and how it ended
-    runs/<key>/data/<dataset>/     its cut of the dataset (the raw download under data/raw/ stays shared)
-    runs/<key>/data/prepared/      its splits
-    runs/<key>/reports/validation/ its validation report
-    runs/<key>/train/ eval/ register/ metrics.json, and ray/ (its Ray Train checkpoints)
+    runs/<key>/run.json                       what ran, by which process, and how it ended
+    runs/<key>/data/<dataset>/                its cut of the dataset (raw downloads stay shared under data/raw/)
+    runs/<key>/<dataset>/<family>/            its validation report, split, model, evaluation, registration
+    runs/<key>/<dataset>/<family>/ray/        its Ray Train checkpoints
 
 Two runs with different parameters therefore never read or delete each other's files. When a run has
-registered its model, `publish` copies its outputs to the stable paths of the config the run started from
-(`data/<dataset>`, `reports/validation`, `artifacts/train`, `artifacts/eval`, `artifacts/register`,
-`artifacts/metrics.json`: what `dvc repro`, `dvc metrics show` and the README read) and points
-`runs/latest` at it. Publishing is serialised by a file lock, so the stable paths always hold one whole run:
+registered its model, `publish` copies its outputs to the stable paths of its task (`data/<dataset>` and
+`artifacts/<dataset>/<family>/`: what `dvc repro`, `dvc metrics show` and the README read; another task's are
+left alone) and points `runs/latest` at it. Publishing is serialised by a file lock, so the stable paths always hold one whole run:
 the one that finished last. `dvc repro` and the single-stage CLI commands keep writing the stable paths
 directly, as DVC expects.
 """
@@ -33,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelyard.config import PipelineConfig
+from modelyard.paths import TaskPaths
 from modelyard.runtime import owner_alive, process_owner
 
 log = logging.getLogger(__name__)
@@ -41,30 +40,19 @@ KEEP_FINISHED = 10  # finished run directories kept (the newest); a running one 
 
 
 def runs_root(cfg: PipelineConfig) -> Path:
-    return Path(cfg.train.output_dir).parent / "runs"
+    return TaskPaths.of(cfg).runs_root
 
 
 def run_config(cfg: PipelineConfig, run_dir: Path) -> PipelineConfig:
     """`cfg` with every path a run writes moved under `run_dir`; raw downloads stay where they are shared."""
-    return cfg.with_overrides({
-        "data": {"data_dir": str(run_dir / "data"), "raw_dir": str(cfg.data.raw_root)},
-        "validate": {"report_dir": str(run_dir / "reports" / "validation")},
-        "augment": {"prepared_dir": str(run_dir / "data" / "prepared")},
-        "train": {"output_dir": str(run_dir / "train")},
-        "evaluate": {"output_dir": str(run_dir / "eval"), "metrics_path": str(run_dir / "metrics.json")},
-    })
+    stable = TaskPaths.of(cfg)
+    return cfg.with_overrides({"paths": {"data_dir": str(run_dir / "data"), "artifacts_dir": str(run_dir),
+                                         "raw_dir": str(stable.raw_root.resolve())}})
 
 
 def published_paths(run: PipelineConfig, stable: PipelineConfig) -> list[tuple[Path, Path]]:
     """(in the run directory, stable path) for everything `publish` copies."""
-    from modelyard.stages import prepared_dir, registration_dir
-
-    return [(run.data.dataset_dir, stable.data.dataset_dir), (prepared_dir(run), prepared_dir(stable)),
-            (Path(run.validate_.report_dir), Path(stable.validate_.report_dir)),
-            (Path(run.train.output_dir), Path(stable.train.output_dir)),
-            (Path(run.evaluate.output_dir), Path(stable.evaluate.output_dir)),
-            (registration_dir(run), registration_dir(stable)),
-            (Path(run.evaluate.metrics_path), Path(stable.evaluate.metrics_path))]
+    return list(zip(TaskPaths.of(run).published(), TaskPaths.of(stable).published()))
 
 
 @dataclass
@@ -104,7 +92,7 @@ def open_run(cfg: PipelineConfig, *, label: str | None = None) -> Iterator[Run]:
         (root / key).mkdir()
     run_dir = root / key
     run = Run(key=key, dir=run_dir, cfg=run_config(cfg, run_dir.resolve()), stable=cfg)
-    doc = {"key": key, "status": "running", "owner": process_owner(), "started_at": _now(), "model": cfg.model_name}
+    doc = {"key": key, "status": "running", "owner": process_owner(), "started_at": _now(), "model": cfg.task_name}
     (run_dir / "run.json").write_text(json.dumps(doc, indent=2) + "\n")
     log.info("run %s works in %s", key, run_dir)
     try:
@@ -125,10 +113,10 @@ def _start_from_the_stable_data(run: Run) -> None:
     put there by hand), is the one the run uses: copied into the run directory, where fetch finds it current."""
     from modelyard.data.fetch import is_current
 
-    stable = run.stable.data.dataset_dir
+    stable = TaskPaths.of(run.stable).dataset_dir
     with _publish_lock(run.stable):  # not while a publish swaps it
         if is_current(stable, run.stable.data):
-            shutil.copytree(stable, run.cfg.data.dataset_dir, symlinks=True)
+            shutil.copytree(stable, TaskPaths.of(run.cfg).dataset_dir, symlinks=True)
             log.info("run %s starts from the dataset in %s", run.key, stable)
 
 

@@ -21,9 +21,12 @@ TELEMETRY_OFF = {
 }
 # No model hub is reachable from the machines this runs on; fail fast instead of retrying for 25 s.
 OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1"}
-# Ray's metrics collection (its agents sampling every process for Prometheus) took ~20% of a 2-core machine
-# from training: a Ray Train epoch ran at 0.82x a plain PyTorch process with it, 1.00x without
-# (`make bench`). Set RAY_enable_metrics_collection=1 where a cluster has cores to spare and a Prometheus.
+# MLflow draws a progress bar for every artifact download: a serving replica's log filled with them at each
+# start and at each version it loads.
+QUIET = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+# Ray's metrics collection (its agents sampling every process for Prometheus) takes a noticeable share of a
+# small machine's cores from training (`make bench` measures it). Set RAY_enable_metrics_collection=1 where a
+# cluster has cores to spare and a Prometheus.
 RAY_DEFAULTS = {"RAY_enable_metrics_collection": "0"}
 
 
@@ -33,7 +36,7 @@ def configure_environment() -> None:
     Call before Ray is imported: when no remote Ray cluster is named, a Ray started here is kept on
     127.0.0.1 (Ray reads this switch at import; by default it binds a routable address on all interfaces).
     """
-    for key, value in {**TELEMETRY_OFF, **OFFLINE_DEFAULTS, **RAY_DEFAULTS}.items():
+    for key, value in {**TELEMETRY_OFF, **OFFLINE_DEFAULTS, **QUIET, **RAY_DEFAULTS}.items():
         os.environ.setdefault(key, value)
     address = os.environ.get("RAY_ADDRESS", "")
     if not address or address.startswith(("127.0.0.1", "localhost")):

@@ -11,11 +11,12 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
 from modelyard.config import DataConfig
-from modelyard.data.dataset import Split, read_metadata, replace_dir, write_dataset
+from modelyard.data.dataset import read_metadata, replace_dir, write_dataset
 from modelyard.data.datasets import DatasetSpec, SourceContext, get_dataset
 
 log = logging.getLogger(__name__)
@@ -25,12 +26,12 @@ class FetchError(RuntimeError):
     """No source could provide the dataset."""
 
 
-def fetch_dataset(cfg: DataConfig, *, timeout_s: float = 15.0) -> Path:
-    """Make `cfg.dataset_dir` hold the dataset (with cfg's limits); reuse what is already there."""
+def fetch_dataset(cfg: DataConfig, dataset_dir: Path, raw_dir: Path, *, local_dir: str | None = None,
+                  timeout_s: float = 15.0) -> Path:
+    """Make `dataset_dir` hold the dataset (with cfg's limits), from the raw copy in `raw_dir` (downloaded
+    there first when missing); reuse what is already there."""
     spec = get_dataset(cfg.dataset)
-    dataset_dir = cfg.dataset_dir
     source = f"{spec.name} (train_limit={cfg.train_limit}, test_limit={cfg.test_limit})"
-    raw_dir = cfg.raw_root / spec.name
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
     # One fetch of a dataset at a time on this disk: runs side by side download once, never read a raw copy
     # being replaced, and never cut the same directory twice at once.
@@ -38,13 +39,13 @@ def fetch_dataset(cfg: DataConfig, *, timeout_s: float = 15.0) -> Path:
         if is_current(dataset_dir, cfg):
             log.info("dataset %s already at %s; nothing to fetch", source, dataset_dir)
             return dataset_dir
-        ctx = SourceContext(timeout_s=timeout_s, local_dir=Path(cfg.local_dir).expanduser() if cfg.local_dir else None)
-        origin, full = _ensure_raw(spec, raw_dir, cfg.resolved_sources(), ctx)
+        ctx = SourceContext(timeout_s=timeout_s, local_dir=Path(local_dir).expanduser() if local_dir else None)
+        origin, full = _ensure_raw(spec, raw_dir, list(cfg.sources or spec.sources), ctx)
         splits = {}
         for split, data in full.items():
             limit = cfg.train_limit if split == "train" else cfg.test_limit
             splits[split] = data if limit is None else data.take(slice(0, limit))
-        write_dataset(dataset_dir, splits, list(spec.classes), source=origin, name=spec.name)
+        write_dataset(dataset_dir, splits, list(spec.classes), source=origin, name=spec.name, modality=spec.modality)
         (dataset_dir / "limits.txt").write_text(_limits(cfg))
     log.info("wrote %s: %s", dataset_dir, {k: len(v) for k, v in splits.items()})
     return dataset_dir
@@ -55,6 +56,7 @@ def _limits(cfg: DataConfig) -> str:
 
 
 def is_current(dataset_dir: Path, cfg: DataConfig) -> bool:
+    """Whether `dataset_dir` holds `cfg.dataset` cut to `cfg`'s limits."""
     limits = dataset_dir / "limits.txt"
     if not limits.is_file() or not (dataset_dir / "dataset.json").is_file():
         return False
@@ -66,7 +68,7 @@ def is_current(dataset_dir: Path, cfg: DataConfig) -> bool:
     return limits.read_text() == _limits(cfg)
 
 
-def _ensure_raw(spec: DatasetSpec, raw_dir: Path, sources: list[str], ctx: SourceContext) -> tuple[str, dict[str, Split]]:
+def _ensure_raw(spec: DatasetSpec, raw_dir: Path, sources: list[str], ctx: SourceContext) -> tuple[str, dict[str, Any]]:
     """Raw files of a complete copy in `raw_dir` (reused when there), read into full splits."""
     marker = raw_dir / "SOURCE"
     if marker.is_file() and (raw_dir / spec.raw_marker).exists():
@@ -80,7 +82,6 @@ def _ensure_raw(spec: DatasetSpec, raw_dir: Path, sources: list[str], ctx: Sourc
         raise FetchError(f"{spec.name} has no source {', '.join(map(repr, unknown))}; its sources are "
                          f"{', '.join(spec.sources)}")
     errors = []
-    raw_dir.parent.mkdir(parents=True, exist_ok=True)
     for source in sources:
         staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-{source}-", dir=raw_dir.parent))
         try:
@@ -98,15 +99,12 @@ def _ensure_raw(spec: DatasetSpec, raw_dir: Path, sources: list[str], ctx: Sourc
     raise FetchError(f"could not fetch {spec.name} from any source ({', '.join(sources)}): " + "; ".join(errors))
 
 
-def _read_checked(spec: DatasetSpec, raw_dir: Path) -> dict[str, Split]:
+def _read_checked(spec: DatasetSpec, raw_dir: Path) -> dict[str, Any]:
     splits = spec.read_raw(raw_dir)
     for split in ("train", "test"):
         if split not in splits:
             raise FetchError(f"{spec.name}: the raw copy has no {split} split")
     for split, expected in (spec.split_sizes or {}).items():
-        got = splits[split]
-        rows = len(got.images) if hasattr(got, "images") else len(got.texts)
-        if rows != expected or len(got.labels) != expected:
-            raise FetchError(f"{spec.name} {split}: expected {expected} rows and labels, got {rows} rows / "
-                             f"{len(got.labels)} labels")
+        if len(splits[split]) != expected:
+            raise FetchError(f"{spec.name} {split}: expected {expected} rows, got {len(splits[split])}")
     return splits

@@ -1,9 +1,11 @@
 """The Great Expectations suites that gate every dataset before training, kept as code.
 
-Images are summarised into tables GX can check quickly (one row per image, per split, per class, per
-test image against train), texts likewise (one row per text: type, UTF-8, length; per test text: exact
-and near duplicate in train), and one suite per table holds the expectations. A failed expectation stops the
-pipeline with a report naming the expectation, how many rows break it, and examples (split + index).
+Splits are summarised into tables GX can check quickly: one row per input (its modality's columns), one per
+split, one per class of each split, and one per test input saying whether it (or a near copy, where the
+modality has a notion of one) is also in train; a modality may add tables of its own. One suite per table
+holds the expectations: the shared ones here, the modality's from its package, with bounds from the
+dataset's spec unless the run sets them. A failed expectation stops the pipeline with a report naming the
+expectation, how many rows break it, and examples (split + index).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,24 +22,13 @@ import numpy as np
 import pandas as pd
 
 from modelyard.config import ValidateConfig
-from modelyard.data.dataset import (
-    DatasetError,
-    ImageSplit,
-    Split,
-    TextSplit,
-    load_split,
-    read_metadata,
-    split_sha256,
-)
+from modelyard.data.dataset import DatasetError, load_split, modality_of, read_metadata
 from modelyard.data.datasets import DatasetSpec, get_dataset
-from modelyard.data.datasets._text import near_duplicate_key
+from modelyard.modalities import Split, get_modality
 
 log = logging.getLogger(__name__)
 
-RESULT_FORMAT = {
-    "result_format": "SUMMARY",
-    "partial_unexpected_count": 5,
-}
+RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
 
 
 class DataValidationError(RuntimeError):
@@ -75,18 +67,12 @@ class ValidationReport:
         return [c for c in self.checks if not c.success]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "success": self.success,
-            "checks": len(self.checks),
-            "failed": len(self.failed),
-            "results": [c.__dict__ for c in self.checks],
-        }
+        return {"dataset": self.dataset, "success": self.success, "checks": len(self.checks),
+                "failed": len(self.failed), "results": [c.__dict__ for c in self.checks]}
 
     def to_markdown(self) -> str:
-        status = "PASSED" if self.success else "FAILED"
         lines = [
-            f"# Data validation: `{self.dataset}` {status}",
+            f"# Data validation: `{self.dataset}` {'PASSED' if self.success else 'FAILED'}",
             "",
             f"{len(self.checks) - len(self.failed)} of {len(self.checks)} expectations met.",
             "",
@@ -94,14 +80,9 @@ class ValidationReport:
             "|---|---|---|---|---|---|---|",
         ]
         for c in sorted(self.checks, key=lambda c: c.success):
-            mark = "ok" if c.success else "**FAIL**"
-            detail = c.observed if c.observed is not None else ""
-            if c.examples:
-                detail = "; ".join(_fmt(e) for e in c.examples)
-            lines.append(
-                f"| {mark} | {c.table} | `{c.expectation}` | {c.column or ''} | {_fmt(c.element_count)} "
-                f"| {_fmt(c.unexpected_count)} | {_fmt(detail)} |"
-            )
+            detail = "; ".join(_fmt(e) for e in c.examples) if c.examples else c.observed
+            lines.append(f"| {'ok' if c.success else '**FAIL**'} | {c.table} | `{c.expectation}` | {c.column or ''} "
+                         f"| {_fmt(c.element_count)} | {_fmt(c.unexpected_count)} | {_fmt(detail)} |")
         return "\n".join(lines) + "\n"
 
 
@@ -117,48 +98,23 @@ def _fmt(value: Any) -> str:
 
 # ---- the tables ---------------------------------------------------------------------------------------
 
-def build_tables(splits: dict[str, Split], num_classes: int) -> dict[str, pd.DataFrame]:
+def build_tables(splits: Mapping[str, Split], spec: DatasetSpec) -> dict[str, pd.DataFrame]:
     """Summarise splits into the tables the suites check. Works on broken data too."""
-    if any(isinstance(split, TextSplit) for split in splits.values()):
-        return build_text_tables(splits, num_classes)  # type: ignore[arg-type]
-    image_rows, split_rows, class_rows = [], [], []
-    for name, split in splits.items():
-        images, labels = split.images, np.asarray(split.labels)
-        n = min(len(images), len(labels))
-        flat = images[:n].reshape(n, -1) if n else np.zeros((0, 1))
-        numeric = np.issubdtype(images.dtype, np.number)
-        as_float = flat.astype(np.float64) if numeric else np.full(flat.shape, np.nan)
-        finite = np.isfinite(as_float)
-        with np.errstate(invalid="ignore"):
-            pix_min = np.where(finite, as_float, np.inf).min(axis=1) if n else np.zeros(0)
-            pix_max = np.where(finite, as_float, -np.inf).max(axis=1) if n else np.zeros(0)
-        image_rows.append(
-            pd.DataFrame(
-                {
-                    "split": name,
-                    "index": np.arange(n),
-                    "label": labels[:n],
-                    "ndim": images.ndim,
-                    "height": images.shape[1] if images.ndim > 1 else 0,
-                    "width": images.shape[2] if images.ndim > 2 else 0,
-                    "channels": (images.shape[3] if images.ndim > 3 else 1) if images.ndim > 2 else 0,
-                    "dtype": str(images.dtype),
-                    "pixel_min": pix_min,
-                    "pixel_max": pix_max,
-                    "nonfinite": (~finite).sum(axis=1),
-                }
-            )
-        )
-        split_rows.append({"split": name, "images": len(images), "labels": len(labels)})
-        class_rows += _class_rows(name, labels[:n], num_classes)
-
+    modality = get_modality(spec.modality)
     tables = {
-        "images": pd.concat(image_rows, ignore_index=True),
-        "splits": pd.DataFrame(split_rows),
-        "classes": pd.DataFrame(class_rows),
+        "rows": pd.concat([modality.row_table(name, split) for name, split in splits.items()], ignore_index=True),
+        "splits": pd.DataFrame([{"split": name, "rows": len(split.inputs), "labels": len(split.labels)}
+                                for name, split in splits.items()]),
+        "classes": pd.DataFrame([row for name, split in splits.items()
+                                 for row in _class_rows(name, np.asarray(split.labels), len(spec.classes))]),
+        **modality.extra_tables(splits),
     }
     if "train" in splits and "test" in splits:
-        tables["overlap"] = _overlap_table(splits["train"], splits["test"])
+        train_keys = {column: set(keys) for column, keys in modality.duplicate_keys(splits["train"]).items()}
+        test_keys = modality.duplicate_keys(splits["test"])
+        overlap = {column: [key in train_keys[column] for key in keys] for column, keys in test_keys.items()}
+        n = len(next(iter(overlap.values()), []))
+        tables["overlap"] = pd.DataFrame({"split": "test", "index": np.arange(n), **overlap})
     return tables
 
 
@@ -168,65 +124,6 @@ def _class_rows(split: str, labels: np.ndarray, num_classes: int) -> list[dict[s
     by_class = dict(zip(values.tolist(), counts.tolist()))
     return [{"split": split, "label": cls, "count": by_class.get(cls, 0), "fraction": by_class.get(cls, 0) / max(n, 1)}
             for cls in range(num_classes)]
-
-
-def build_text_tables(splits: dict[str, TextSplit], num_classes: int) -> dict[str, pd.DataFrame]:
-    """One row per text (is it a string, valid UTF-8, blank, its length), per split, per class, and per test
-    text whether it, or a near copy of it (same words, other case/punctuation/spacing), is in train."""
-    text_rows, split_rows, class_rows = [], [], []
-    for name, split in splits.items():
-        labels = np.asarray(split.labels)
-        n = min(len(split.texts), len(labels))
-        texts = split.texts[:n]
-        strings = [t if isinstance(t, str) else "" for t in texts]
-        text_rows.append(pd.DataFrame({
-            "split": name,
-            "index": np.arange(n),
-            "label": labels[:n],
-            "is_string": [isinstance(t, str) for t in texts],
-            "valid_utf8": [_utf8(t) for t in strings],
-            "blank": [not t.strip() for t in strings],
-            "chars": [len(t) for t in strings],
-            "words": [len(t.split()) for t in strings],
-        }))
-        split_rows.append({"split": name, "images": len(split.texts), "labels": len(labels)})
-        class_rows += _class_rows(name, labels[:n], num_classes)
-    texts_table = pd.concat(text_rows, ignore_index=True)
-    tables = {
-        "texts": texts_table,
-        "splits": pd.DataFrame(split_rows).rename(columns={"images": "texts"}),
-        "classes": pd.DataFrame(class_rows),
-        "lengths": texts_table.groupby("split", as_index=False)["words"].mean().rename(columns={"words": "mean_words"}),
-    }
-    if "train" in splits and "test" in splits:
-        train = [t for t in splits["train"].texts if isinstance(t, str)]
-        exact, near = set(train), {near_duplicate_key(t) for t in train}
-        test = [t if isinstance(t, str) else "" for t in splits["test"].texts]
-        tables["overlap"] = pd.DataFrame({"split": "test", "index": np.arange(len(test)),
-                                          "in_train": [t in exact for t in test],
-                                          "near_in_train": [near_duplicate_key(t) in near for t in test]})
-    return tables
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: bytes that were never valid UTF-8
-        return False
-    return "\ufffd" not in text  # a replacement character: bytes that were lost when the file was decoded
-
-
-def _overlap_table(train: ImageSplit, test: ImageSplit) -> pd.DataFrame:
-    """One row per test image: is the same image (byte for byte) in train?"""
-    def rows(images: np.ndarray) -> list[bytes]:
-        if len(images) == 0:
-            return []
-        flat = np.ascontiguousarray(images.reshape(len(images), -1))
-        return [r.tobytes() for r in flat]
-
-    seen = set(rows(train.images))
-    in_train = [r in seen for r in rows(test.images)]
-    return pd.DataFrame({"split": "test", "index": np.arange(len(in_train)), "in_train": in_train})
 
 
 # ---- the suites -----------------------------------------------------------------------------------------
@@ -240,121 +137,63 @@ def thresholds(cfg: ValidateConfig, spec: DatasetSpec) -> dict[str, float]:
             "max_train_test_overlap": pick(cfg.max_train_test_overlap, spec.max_train_test_overlap)}
 
 
-def build_suites(cfg: ValidateConfig, spec: DatasetSpec) -> dict[str, list[Any]]:
-    """Expectations per table, from the dataset's spec. Imported lazily: GX takes seconds to import."""
+def build_suites(cfg: ValidateConfig, spec: DatasetSpec, overlap_columns: list[str]) -> dict[str, list[Any]]:
+    """Expectations per table: the shared ones and the modality's. GX is imported here: it takes seconds."""
     import great_expectations as gx
 
     E = gx.expectations
-    num_classes = len(spec.classes)
     bounds = thresholds(cfg, spec)
-    classes_and_overlap = {
-        "classes": [
-            E.ExpectColumnValuesToBeBetween(
-                column="fraction", min_value=bounds["min_class_fraction"], max_value=bounds["max_class_fraction"]
-            ),
-        ],
-        "overlap": [
-            E.ExpectColumnValuesToBeInSet(
-                column="in_train", value_set=[False], mostly=1.0 - bounds["max_train_test_overlap"]
-            ),
-        ],
-    }
-    if spec.modality == "text":
-        low, high = spec.text_chars
-        classes_and_overlap["overlap"].append(E.ExpectColumnValuesToBeInSet(
-            column="near_in_train", value_set=[False], mostly=1.0 - bounds["max_train_test_overlap"]))
-        return {
-            "splits": [
-                E.ExpectTableRowCountToBeBetween(min_value=2),
-                E.ExpectColumnValuesToBeBetween(column="texts", min_value=1),  # no empty split
-                E.ExpectColumnPairValuesToBeEqual(column_A="texts", column_B="labels"),
-            ],
-            "texts": [
-                E.ExpectColumnValuesToBeInSet(column="is_string", value_set=[True]),
-                E.ExpectColumnValuesToBeInSet(column="valid_utf8", value_set=[True]),
-                E.ExpectColumnValuesToBeInSet(column="blank", value_set=[False]),
-                E.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(num_classes))),
-                E.ExpectColumnValuesToBeBetween(column="chars", min_value=low, max_value=high),
-            ],
-            "lengths": [
-                E.ExpectColumnValuesToBeBetween(column="mean_words", min_value=spec.mean_words[0],
-                                                max_value=spec.mean_words[1]),
-            ],
-            **classes_and_overlap,
-        }
-    height, width, channels = spec.image_shape
-    return {
+    shared = {
         "splits": [
             E.ExpectTableRowCountToBeBetween(min_value=2),
-            E.ExpectColumnValuesToBeBetween(column="images", min_value=1),  # no empty split
-            E.ExpectColumnPairValuesToBeEqual(column_A="images", column_B="labels"),
+            E.ExpectColumnValuesToBeBetween(column="rows", min_value=1),  # no empty split
+            E.ExpectColumnPairValuesToBeEqual(column_A="rows", column_B="labels"),
         ],
-        "images": [
-            E.ExpectColumnValuesToBeInSet(column="ndim", value_set=[3 if channels == 1 else 4]),
-            E.ExpectColumnValuesToBeInSet(column="height", value_set=[height]),
-            E.ExpectColumnValuesToBeInSet(column="width", value_set=[width]),
-            E.ExpectColumnValuesToBeInSet(column="channels", value_set=[channels]),
-            E.ExpectColumnValuesToBeInSet(column="dtype", value_set=["uint8"]),
-            E.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(num_classes))),
-            E.ExpectColumnValuesToBeBetween(column="nonfinite", min_value=0, max_value=0),
-            E.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0, max_value=255),
-            E.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=0, max_value=255),
-            # An all-black image carries no information: a sign of a truncated or zeroed file.
-            E.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=1, mostly=0.999),
-        ],
-        **classes_and_overlap,
+        "classes": [E.ExpectColumnValuesToBeBetween(column="fraction", min_value=bounds["min_class_fraction"],
+                                                    max_value=bounds["max_class_fraction"])],
+        "overlap": [E.ExpectColumnValuesToBeInSet(column=column, value_set=[False],
+                                                  mostly=1.0 - bounds["max_train_test_overlap"])
+                    for column in overlap_columns],
     }
+    return shared | get_modality(spec.modality).expectations(spec.schema, len(spec.classes))
 
 
-def validate_splits(
-    splits: dict[str, Split],
-    cfg: ValidateConfig,
-    spec: DatasetSpec,
-) -> ValidationReport:
+def validate_splits(splits: Mapping[str, Split], cfg: ValidateConfig, spec: DatasetSpec) -> ValidationReport:
     """Run the dataset's suites over in-memory splits and collect one report."""
     import great_expectations as gx
 
-    dataset = spec.name
-    tables = build_tables(splits, len(spec.classes))
-    suites = build_suites(cfg, spec)
+    tables = build_tables(splits, spec)
+    overlap_columns = [c for c in tables.get("overlap", pd.DataFrame()).columns if c not in ("split", "index")]
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
-    source = context.data_sources.add_pandas(f"{dataset}-summaries")
-    report = ValidationReport(dataset=dataset)
-    for table_name, expectations in suites.items():
+    source = context.data_sources.add_pandas(f"{spec.name}-summaries")
+    report = ValidationReport(dataset=spec.name)
+    for table_name, expectations in build_suites(cfg, spec, overlap_columns).items():
         if table_name not in tables:
             continue
-        suite = gx.ExpectationSuite(name=f"{dataset}.{table_name}")
+        suite = gx.ExpectationSuite(name=f"{spec.name}.{table_name}")
         for expectation in expectations:
             suite.add_expectation(expectation)
-        batch_def = source.add_dataframe_asset(table_name).add_batch_definition_whole_dataframe("all")
-        batch = batch_def.get_batch(batch_parameters={"dataframe": tables[table_name]})
+        batch = (source.add_dataframe_asset(table_name).add_batch_definition_whole_dataframe("all")
+                 .get_batch(batch_parameters={"dataframe": tables[table_name]}))
         index_cols = [c for c in ("split", "index", "label") if c in tables[table_name].columns]
-        result_format = {**RESULT_FORMAT, "unexpected_index_column_names": index_cols}
-        outcome = batch.validate(suite, result_format=result_format)
-        for r in outcome.results:
-            kwargs = {k: v for k, v in r.expectation_config.kwargs.items() if k != "batch_id"}
-            res = r.result or {}
-            examples = res.get("partial_unexpected_index_list") or res.get("partial_unexpected_list") or []
-            report.checks.append(
-                CheckResult(
-                    table=table_name,
-                    expectation=r.expectation_config.type,
-                    column=kwargs.get("column"),
-                    kwargs=_jsonable(kwargs),
-                    success=bool(r.success),
-                    element_count=res.get("element_count"),
-                    unexpected_count=res.get("unexpected_count"),
-                    observed=_jsonable(res.get("observed_value")),
-                    examples=_jsonable(list(examples)[:5]),
-                )
-            )
+        outcome = batch.validate(suite, result_format={**RESULT_FORMAT, "unexpected_index_column_names": index_cols})
+        report.checks += [_check(table_name, r) for r in outcome.results]
     return report
 
 
-def validate_dataset(
-    dataset_dir: str | os.PathLike[str], cfg: ValidateConfig, report_dir: str | os.PathLike[str] | None = None
-) -> ValidationReport:
+def _check(table: str, r: Any) -> CheckResult:
+    kwargs = {k: v for k, v in r.expectation_config.kwargs.items() if k != "batch_id"}
+    res = r.result or {}
+    examples = res.get("partial_unexpected_index_list") or res.get("partial_unexpected_list") or []
+    return CheckResult(table=table, expectation=r.expectation_config.type, column=kwargs.get("column"),
+                       kwargs=_jsonable(kwargs), success=bool(r.success), element_count=res.get("element_count"),
+                       unexpected_count=res.get("unexpected_count"), observed=_jsonable(res.get("observed_value")),
+                       examples=_jsonable(list(examples)[:5]))
+
+
+def validate_dataset(dataset_dir: str | os.PathLike[str], cfg: ValidateConfig,
+                     report_dir: str | os.PathLike[str]) -> ValidationReport:
     """Validate a dataset directory; write report.md/report.json; raise DataValidationError on failure."""
     dataset_dir = Path(dataset_dir)
     meta = read_metadata(dataset_dir)
@@ -362,11 +201,12 @@ def validate_dataset(
     spec = get_dataset(meta["name"])
     splits = {name: load_split(dataset_dir, name) for name in meta.get("splits", {})}
     report = validate_splits(splits, cfg, spec)
-    out = Path(report_dir or cfg.report_dir)
+    out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report.to_markdown())
-    # What was validated, hashed from the arrays just checked: training refuses data that differ from it.
-    hashes = {"split_sha256": {name: split_sha256(split) for name, split in splits.items()}}
+    # What was validated, hashed from the rows just checked: training refuses data that differ from it.
+    modality = modality_of(meta)
+    hashes = {"split_sha256": {name: modality.split_sha256(split) for name, split in splits.items()}}
     (out / "report.json").write_text(json.dumps({**report.to_dict(), **hashes}, indent=2, default=str) + "\n")
     log.info("validation of %s: %d/%d expectations met", meta["name"], len(report.checks) - len(report.failed),
              len(report.checks))
@@ -396,13 +236,13 @@ def check_validated(report_dir: str | os.PathLike[str], dataset_dir: str | os.Pa
     if not doc.get("success"):
         raise DataChangedError(f"the last validation of {meta['name']} failed ({doc.get('failed')} expectation(s), "
                                f"{path}): fix the data and validate again before training")
+    modality = modality_of(meta)
     for name, validated in doc["split_sha256"].items():
-        now = split_sha256(load_split(dataset_dir, name)) if name in meta.get("splits", {}) else "missing"
+        now = modality.split_sha256(load_split(dataset_dir, name)) if name in meta.get("splits", {}) else "missing"
         if now != validated:
             raise DataChangedError(
                 f"the {name} split in {dataset_dir} changed after validation ({validated[:12]}… validated, "
-                f"{now[:12]}… now): validate it again (`modelyard validate`, or `dvc repro`) before training"
-            )
+                f"{now[:12]}… now): validate it again (`modelyard validate`, or `dvc repro`) before training")
 
 
 def _jsonable(value: Any) -> Any:

@@ -12,12 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.data.dataset import TextSplit, load_split, read_metadata
+from modelyard.data.dataset import load_split, modality_of, read_metadata
 from modelyard.evaluation.metrics import classification_metrics
 from modelyard.evaluation.plots import plot_confusion_matrix, plot_history
+from modelyard.evaluation.report import render_report
 from modelyard.inference import Predictor
+from modelyard.modalities import Split
 
 log = logging.getLogger(__name__)
+
+HEADLINE = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "count")
 
 
 @dataclass
@@ -30,110 +34,53 @@ class EvaluationResult:
     @property
     def summary(self) -> dict[str, float]:
         """The headline numbers, as `metrics.json` holds them for DVC."""
-        return {k: self.metrics[k] for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall", "count")}
+        return {k: self.metrics[k] for k in HEADLINE}
 
 
-def score_model_dir(model_dir: str | os.PathLike[str], dataset_dir: str | os.PathLike[str], split: str = "test") -> dict[str, Any]:
+def score_model_dir(model_dir: str | os.PathLike[str], dataset_dir: str | os.PathLike[str], split: str = "test",
+                    batch_size: int = 256) -> dict[str, Any]:
     """Metrics of the model in `model_dir` on one split."""
-    return _score(model_dir, dataset_dir, split)[0]
+    return _score(model_dir, dataset_dir, split, batch_size)[0]
 
 
-def _score(model_dir: Any, dataset_dir: Any, split: str) -> tuple[dict[str, Any], np.ndarray, Any]:
+def _score(model_dir: Any, dataset_dir: Any, split: str, batch_size: int) -> tuple[dict[str, Any], np.ndarray, Split]:
     predictor = Predictor.from_dir(model_dir)
     data = load_split(dataset_dir, split)
-    probs = predictor.predict_proba(data.texts if isinstance(data, TextSplit) else data.images)
+    probs = predictor.predict_proba(data.inputs, batch_size=batch_size)
     return classification_metrics(data.labels, probs.argmax(axis=1), predictor.labels), probs, data
 
 
-def confident_mistakes(probs: np.ndarray, data: TextSplit, labels: list[str], count: int = 10) -> list[dict[str, Any]]:
-    """The texts the model gets wrong with the highest confidence: where labels or the model are most off."""
-    predicted = probs.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != data.labels)
-    worst = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:count]
-    return [{"index": int(i), "text": data.texts[i], "label": labels[int(data.labels[i])],
-             "predicted": labels[int(predicted[i])], "confidence": round(float(probs[i, predicted[i]]), 4)}
-            for i in worst]
-
-
-def evaluate(
-    model_dir: str | os.PathLike[str],
-    dataset_dir: str | os.PathLike[str],
-    output_dir: str | os.PathLike[str],
-    *,
-    history_path: str | os.PathLike[str] | None = None,
-    metrics_path: str | os.PathLike[str] | None = None,
-) -> EvaluationResult:
-    """Write evaluation.json, per_class.json, confusion_matrix.png, (history.png), report.md, and the
-    headline metrics to `metrics_path` (default `<output_dir>/metrics.json`)."""
+def evaluate(model_dir: str | os.PathLike[str], dataset_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+             metrics_path: str | os.PathLike[str], *, history_path: str | os.PathLike[str] | None = None,
+             batch_size: int = 256) -> EvaluationResult:
+    """Write evaluation.json, per_class.json, confusion_matrix.png, (history.png), report.md and the modality's
+    extras to `output_dir`, and the headline metrics to `metrics_path`."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = read_metadata(dataset_dir)
+    modality = modality_of(meta)
     t0 = time.perf_counter()
-    metrics, probs, data = _score(model_dir, dataset_dir, "test")
+    metrics, probs, data = _score(model_dir, dataset_dir, "test", batch_size)
     elapsed = time.perf_counter() - t0
     labels = list(meta["classes"])
-    mistakes = confident_mistakes(probs, data, labels) if isinstance(data, TextSplit) else None
-    if mistakes is not None:
-        (out / "mistakes.json").write_text(json.dumps(mistakes, indent=2, ensure_ascii=False) + "\n")
+    extras = modality.evaluation_extras(probs, data, labels)
+    for name, value in extras.files.items():
+        (out / name).write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
     result = EvaluationResult(metrics=metrics, test_set_sha256=meta["splits"]["test"]["sha256"],
                               output_dir=str(out), report_path=str(out / "report.md"))
-    metrics_file = Path(metrics_path) if metrics_path else out / "metrics.json"
+    metrics_file = Path(metrics_path)
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     metrics_file.write_text(json.dumps({"test": result.summary}, indent=2) + "\n")
     (out / "per_class.json").write_text(json.dumps(metrics["per_class"], indent=2) + "\n")
     (out / "evaluation.json").write_text(json.dumps({"test_set_sha256": result.test_set_sha256, **metrics}, indent=2) + "\n")
     plot_confusion_matrix(np.array(metrics["confusion_matrix"]), labels, out / "confusion_matrix.png",
                           title=f"{meta['name']} test: accuracy {metrics['accuracy']:.4f}")
-    history = None
-    if history_path and Path(history_path).is_file():
-        history = json.loads(Path(history_path).read_text())
-        plot_history(history, out / "history.png")
-    (out / "report.md").write_text(render_report(meta["name"], model_dir, metrics, history, elapsed, mistakes))
-    log.info("test accuracy %.4f, macro-F1 %.4f on %d %s", metrics["accuracy"], metrics["macro_f1"], metrics["count"],
-             "texts" if mistakes is not None else "images")
-    return result
-
-
-def render_report(dataset: str, model_dir: Any, metrics: dict[str, Any], history: list[dict[str, float]] | None,
-                  elapsed_s: float, mistakes: list[dict[str, Any]] | None = None) -> str:
-    spec = json.loads((Path(model_dir) / "model.json").read_text())
-    lines = [
-        f"# Evaluation: `{spec['family']}` on `{dataset}` (test split)",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        f"| accuracy | **{metrics['accuracy']:.4f}** |",
-        f"| macro-F1 | {metrics['macro_f1']:.4f} |",
-        f"| macro precision | {metrics['macro_precision']:.4f} |",
-        f"| macro recall | {metrics['macro_recall']:.4f} |",
-        f"| test {'texts' if mistakes is not None else 'images'} | {metrics['count']} |",
-        f"| scoring time | {elapsed_s:.1f} s |",
-        "",
-        "## Per class",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
-    ]
-    for label, m in metrics["per_class"].items():
-        lines.append(f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")
-    cm = np.array(metrics["confusion_matrix"])
-    off = cm.copy()
-    np.fill_diagonal(off, 0)
-    labels = list(metrics["per_class"])
-    worst = np.dstack(np.unravel_index(np.argsort(off.ravel())[::-1][:3], off.shape))[0]
-    lines += ["", "## Most confused", ""]
-    lines += [f"- {labels[i]} taken for {labels[j]}: {off[i, j]} times" for i, j in worst if off[i, j] > 0]
-    if mistakes:
-        lines += ["", "## Most confidently wrong", "", "| text | label | predicted | confidence |", "|---|---|---|---|"]
-        for m in mistakes:
-            text = " ".join(m["text"].split())
-            text = ((text[:197] + "…") if len(text) > 200 else text).replace("|", r"\|")
-            lines.append(f"| {text} | {m['label']} | {m['predicted']} | {m['confidence']:.3f} |")
+    history = json.loads(Path(history_path).read_text()) if history_path and Path(history_path).is_file() else None
     if history:
-        last = history[-1]
-        lines += [
-            "", "## Training", "",
-            f"{len(history)} epochs; final train accuracy {last['train/accuracy']:.4f}, "
-            f"val accuracy {last['val/accuracy']:.4f}, {last['train/samples_per_s']:.0f} samples/s.",
-        ]
-    return "\n".join(lines) + "\n"
+        plot_history(history, out / "history.png")
+    family = json.loads((Path(model_dir) / "model.json").read_text())["family"]
+    (out / "report.md").write_text(render_report(meta["name"], family, modality.noun, metrics, history, elapsed,
+                                                 extras.markdown))
+    log.info("test accuracy %.4f, macro-F1 %.4f on %d %s", metrics["accuracy"], metrics["macro_f1"], metrics["count"],
+             modality.noun)
+    return result

@@ -1,5 +1,6 @@
-"""Inference without web code: decode and check an upload, preprocess, predict a batch."""
+"""Inference without web code: load a saved model with its fitted preprocessor, check inputs, predict."""
 
-from modelyard.inference.predictor import InvalidInputError, Prediction, Predictor, decode_image
+from modelyard.inference.predictor import Prediction, Predictor
+from modelyard.modalities import InvalidInputError
 
-__all__ = ["InvalidInputError", "Prediction", "Predictor", "decode_image"]
+__all__ = ["InvalidInputError", "Prediction", "Predictor"]

@@ -1,24 +1,30 @@
-"""Model families: a typed config and an `nn.Module` per family, behind one builder registry.
+"""Model families: one module per family, found by its file name (`cnn.py` is the family `cnn`).
 
-Each family module defines a pydantic config (a member of the `model` union in `modelyard.config`, keyed by
-`name`) and registers a builder taking plain keyword arguments: what `model.json` stores, so a Predictor can
-rebuild any saved model without training code. Families whose dependencies are heavy (an ImageNet backbone,
-a Hugging Face encoder) import them inside their builder. Adding a family is one module plus its entry in
-`FAMILY_MODULES` and the union.
+A family module defines `Config`, its typed config (a pydantic model whose `name` is the family's name, its
+fields with their defaults and help text), and `build(**args) -> nn.Module`, the builder `model.json` stores
+the arguments of, so a saved model rebuilds without training code. `Config` declares what the family needs:
+the modalities it takes, the pip packages a registered model imports, what it asks of its modality's
+preprocessor, how it splits into a frozen backbone and a head, and its parameter groups. Families whose
+dependencies are heavy (timm, transformers) import them inside `build`. Adding a family is adding its module
+and a recipe that uses it.
+
+This package's own module imports no torch, so listing and checking families is cheap.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict
-from torch import nn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Builder = Callable[..., nn.Module]
-_REGISTRY: dict[str, Builder] = {}
-FAMILY_MODULES = ("cnn", "mlp", "resnet", "transfer", "text")
+from modelyard.plugins import load_member, member_names
+
+if TYPE_CHECKING:
+    from torch import nn
+
+PACKAGE = __name__
+ParamGroups = list[tuple[str, list, float]]  # (name, parameters, learning-rate factor)
 
 
 class FamilyConfig(BaseModel):
@@ -26,55 +32,57 @@ class FamilyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    def input_shape(self, data_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        """(height, width, channels) the model takes, given the stored data's (the preprocessor resizes)."""
-        return data_shape
+    modalities: ClassVar[tuple[str, ...]]  # the kinds of input it takes (members of modelyard.modalities)
+    runtime_packages: ClassVar[tuple[str, ...]] = ()  # pip packages its registered models import to load
 
-    def normalization(self) -> tuple[list[float], list[float], str] | None:
-        """Fixed (mean, std, why) per input channel, or None to fit them on the training split."""
-        return None
+    def preprocessing(self) -> dict[str, Any]:
+        """What it asks of its modality's preprocessor (image_size, channels, normalization; tokenizer,
+        max_length); each modality reads the options it knows."""
+        return {}
 
-    def builder_args(self, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
+    def builder_args(self, model_input: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+        """The arguments of `build`, from what the fitted preprocessor says of the input."""
         raise NotImplementedError
 
     def prepare(self, model: nn.Module) -> None:
-        """Load pretrained weights, freeze what is frozen: called once, before training, not at load time."""
+        """Load pretrained weights, freeze what is frozen: called once before training, never at load time."""
 
-    def param_groups(self, model: nn.Module) -> list[tuple[str, list[nn.Parameter], float]]:
+    def frozen_parts(self, model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+        """(backbone, head) when the backbone is frozen: its outputs can then be computed once when nothing
+        upstream is augmented, and only the head trains. None when every layer trains."""
+        return None
+
+    def param_groups(self, model: nn.Module) -> ParamGroups:
         """(group name, parameters, learning-rate factor); frozen parameters are left out."""
         return [("all", [p for p in model.parameters() if p.requires_grad], 1.0)]
 
-    def task_name(self) -> str:
-        """The model part of the registered name: `<dataset>-<task_name>`."""
-        return self.name  # type: ignore[attr-defined]
+
+def family_names() -> tuple[str, ...]:
+    return member_names(PACKAGE)
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    def decorator(builder: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"model '{name}' is already registered")
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorator
+def config_class(name: str) -> type[FamilyConfig]:
+    return load_member(PACKAGE, name, kind="model family").Config
 
 
-def available_models() -> list[str]:
-    _load_families()
-    return sorted(_REGISTRY)
-
-
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model family with its arguments."""
-    _load_families()
+def family_config(section: Any) -> FamilyConfig:
+    """The typed config of the family a `model` section names (its other keys are the family's fields)."""
+    if isinstance(section, FamilyConfig):
+        return section
+    values = section.model_dump() if isinstance(section, BaseModel) else dict(section)
+    name = values.get("name")
     try:
-        builder = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}") from None
-    return builder(**kwargs)
+        return config_class(name).model_validate(values)
+    except ValidationError as exc:
+        raise ValueError(f"model ({name}): {exc}") from None
 
 
-def _load_families() -> None:
-    # Importing a family module registers it; done on first use, not at package import.
-    for module in FAMILY_MODULES:
-        importlib.import_module(f"{__name__}.{module}")
+def build_model(family: str, **args: Any) -> nn.Module:
+    """Build a model of a registered family from its builder arguments (what model.json stores)."""
+    return load_member(PACKAGE, family, kind="model family").build(**args)
+
+
+def config_union() -> Any:
+    """Every family's config as one union chosen by `name`: the Prefect form's family picker."""
+    classes = tuple(config_class(name) for name in family_names())
+    return Annotated[Union[classes], Field(discriminator="name")]  # noqa: UP007 (a runtime tuple of classes)

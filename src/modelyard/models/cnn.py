@@ -1,25 +1,28 @@
-"""A small batch-norm CNN trained from scratch (Fashion-MNIST's default: 92% in 8 CPU epochs)."""
+"""A small batch-norm CNN trained from scratch: the project's default image model."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from modelyard.models import FamilyConfig, register_model
+from modelyard.models import FamilyConfig
 
 
 class CNNConfig(FamilyConfig):
     """A 5-layer batch-norm CNN trained from scratch."""
 
     name: Literal["cnn"] = "cnn"
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
     width: int = Field(32, ge=4, le=1024, description="Channels of the first block; doubled after each pooling.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classifier.")
 
-    def builder_args(self, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
-        return {"in_channels": input_shape[2], "num_classes": num_classes, "width": self.width, "dropout": self.dropout}
+    def builder_args(self, model_input: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+        return {"in_channels": model_input["in_channels"], "num_classes": num_classes, "width": self.width,
+                "dropout": self.dropout}
 
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
@@ -29,7 +32,7 @@ def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
 class CNN(nn.Module):
     """conv-bn-relu x2 | pool | x2 | pool | x1 | global average pool | dropout | linear."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, dropout: float = 0.1) -> None:
+    def __init__(self, in_channels: int, num_classes: int, width: int, dropout: float) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
@@ -45,6 +48,8 @@ class CNN(nn.Module):
         return self.head(self.features(x))
 
 
-@register_model("cnn")
-def build_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32, dropout: float = 0.1) -> CNN:
+def build(in_channels: int, num_classes: int, width: int, dropout: float) -> CNN:
     return CNN(in_channels, num_classes, width, dropout)
+
+
+Config = CNNConfig

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from modelyard.models import FamilyConfig, register_model
+from modelyard.models import FamilyConfig
 
 
 class MLPConfig(FamilyConfig):
     """Fully connected layers over the flattened, normalised pixels."""
 
     name: Literal["mlp"] = "mlp"
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
     hidden: int = Field(512, ge=8, le=16384, description="Units of each hidden layer.")
     depth: int = Field(2, ge=1, le=8, description="Number of hidden layers.")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout after each hidden layer.")
 
-    def builder_args(self, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
-        h, w, c = input_shape
-        return {"in_features": h * w * c, "num_classes": num_classes, "hidden": self.hidden, "depth": self.depth,
+    def builder_args(self, model_input: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+        in_features = model_input["height"] * model_input["width"] * model_input["in_channels"]
+        return {"in_features": in_features, "num_classes": num_classes, "hidden": self.hidden, "depth": self.depth,
                 "dropout": self.dropout}
 
 
@@ -40,7 +42,8 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-@register_model("mlp")
-def build_mlp(in_features: int = 784, num_classes: int = 10, hidden: int = 512, depth: int = 2,
-              dropout: float = 0.2) -> MLP:
+def build(in_features: int, num_classes: int, hidden: int, depth: int, dropout: float) -> MLP:
     return MLP(in_features, num_classes, hidden, depth, dropout)
+
+
+Config = MLPConfig

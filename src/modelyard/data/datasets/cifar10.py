@@ -1,7 +1,7 @@
 """CIFAR-10: 60k 32x32 colour images, 10 balanced classes (Krizhevsky 2009).
 
 Sources: torchvision's downloader (`torchvision.datasets.CIFAR10(download=True)`, the canonical one) when
-the network allows, else a local `cifar-10-batches-py` directory (`data.local_dir`), read in CIFAR's own
+the network allows, else a local `cifar-10-batches-py` directory (`paths.local_source_dir`), read in CIFAR's own
 pickle format. No package registry ships CIFAR-10, so offline with neither the fetch fails naming both.
 """
 
@@ -15,13 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from modelyard.data.datasets import DatasetSpec, SourceContext
+from modelyard.data.datasets._sources import SourceError
+from modelyard.modalities.image import ImageSchema, ImageSplit
 
 BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 FOLDER = "cifar-10-batches-py"
-
-
-class SourceError(RuntimeError):
-    pass
 
 
 def canonical(raw_dir: Path, ctx: SourceContext) -> str:
@@ -45,7 +43,7 @@ def canonical(raw_dir: Path, ctx: SourceContext) -> str:
 def local(raw_dir: Path, ctx: SourceContext) -> str:
     """A `cifar-10-batches-py` directory (or one holding it), as the official tarball extracts."""
     if ctx.local_dir is None:
-        raise SourceError(f"no local directory given (set data.local_dir to a {FOLDER} directory)")
+        raise SourceError(f"no local directory given (set paths.local_source_dir to a {FOLDER} directory)")
     folder = ctx.local_dir if (ctx.local_dir / "batches.meta").is_file() else ctx.local_dir / FOLDER
     names = ["batches.meta", *BATCHES["train"], *BATCHES["test"]]
     missing = [n for n in names if not (folder / n).is_file()]
@@ -62,10 +60,8 @@ def _unpickle(path: Path) -> dict:
         return pickle.load(fh, encoding="latin1")  # noqa: S301 - CIFAR's own format is a pickle
 
 
-def read_raw(raw_dir: Path):
+def read_raw(raw_dir: Path) -> dict[str, ImageSplit]:
     """Rows of 3072 bytes (1024 R, 1024 G, 1024 B, each row-major) -> uint8 (N, 32, 32, 3)."""
-    from modelyard.data.dataset import ImageSplit
-
     folder = raw_dir / FOLDER
     meta = _unpickle(folder / "batches.meta")
     if list(meta["label_names"]) != list(SPEC.classes):
@@ -101,9 +97,9 @@ def write_batches(folder: Path, splits: dict, classes: list[str]) -> None:
 SPEC = DatasetSpec(
     name="cifar10",
     modality="image",
+    schema=ImageSchema(height=32, width=32, channels=3),
     classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     description="60k 32x32 colour images, 10 balanced classes",
-    image_shape=(32, 32, 3),
     split_sizes={"train": 50000, "test": 10000},
     sources={"canonical": canonical, "local": local},
     read_raw=read_raw,

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from modelyard.data.datasets import DatasetSpec, SourceContext
+from modelyard.data.datasets._sources import SourceError
+from modelyard.modalities.image import ImageSchema, ImageSplit
 
 MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
 # split -> ((images file, md5 of the canonical .gz), (labels file, md5))
@@ -29,10 +31,6 @@ FILES = {
 NAMES = [name for pair in FILES.values() for name, _ in pair]
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_PATH = "usr/share/datasets/fashion-mnist"
-
-
-class SourceError(RuntimeError):
-    pass
 
 
 def canonical(raw_dir: Path, ctx: SourceContext) -> str:
@@ -77,7 +75,7 @@ def debian(raw_dir: Path, ctx: SourceContext) -> str:
 def local(raw_dir: Path, ctx: SourceContext) -> str:
     """A directory holding the four idx files (gzipped), e.g. torchvision's `FashionMNIST/raw`."""
     if ctx.local_dir is None:
-        raise SourceError("no local directory given (set data.local_dir)")
+        raise SourceError("no local directory given (set paths.local_source_dir)")
     missing = [n for n in NAMES if not (ctx.local_dir / n).is_file()]
     if missing:
         raise SourceError(f"{ctx.local_dir} lacks {', '.join(missing)}")
@@ -86,9 +84,7 @@ def local(raw_dir: Path, ctx: SourceContext) -> str:
     return f"local:{ctx.local_dir}"
 
 
-def read_raw(raw_dir: Path):
-    from modelyard.data.dataset import ImageSplit
-
+def read_raw(raw_dir: Path) -> dict[str, ImageSplit]:
     splits = {}
     for split, ((images_file, _), (labels_file, _)) in FILES.items():
         images = read_idx(raw_dir / images_file)
@@ -116,10 +112,10 @@ def read_idx(path: Path) -> np.ndarray:
 SPEC = DatasetSpec(
     name="fashion_mnist",
     modality="image",
+    schema=ImageSchema(height=28, width=28, channels=1),
     classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     description="70k 28x28 grayscale clothing images, 10 balanced classes",
-    image_shape=(28, 28, 1),
     split_sizes={"train": 60000, "test": 10000},
     sources={"canonical": canonical, "debian": debian, "local": local},
     read_raw=read_raw,

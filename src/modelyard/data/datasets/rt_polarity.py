@@ -19,7 +19,8 @@ import tarfile
 from pathlib import Path
 
 from modelyard.data.datasets import DatasetSpec, SourceContext
-from modelyard.data.datasets._text import SourceError, decode_text, download, pip_download, split_pool
+from modelyard.data.datasets._sources import SourceError, decode_text, download, pip_download, split_text_pool
+from modelyard.modalities.text import TextSchema
 
 CANONICAL_URL = "https://www.cs.cornell.edu/people/pabo/movie-review-data/rt-polaritydata.tar.gz"
 PYPI_REQUIREMENT = "vaderSentiment==3.3.2"
@@ -58,7 +59,7 @@ def pypi(raw_dir: Path, ctx: SourceContext) -> str:
 
 def local(raw_dir: Path, ctx: SourceContext) -> str:
     if ctx.local_dir is None:
-        raise SourceError("no local directory given (set data.local_dir)")
+        raise SourceError("no local directory given (set paths.local_source_dir)")
     if (ctx.local_dir / GROUND_TRUTH).is_file():
         names = [GROUND_TRUTH]
     elif all((ctx.local_dir / n).is_file() for n in POLARITY_FILES):
@@ -80,7 +81,7 @@ def _extract(archive: Path, raw_dir: Path, names: list[str]) -> None:
             (raw_dir / name).write_bytes(tar.extractfile(member).read())
 
 
-def read_raw(raw_dir: Path):
+def read_raw(raw_dir: Path) -> dict:
     texts, labels = [], []
     if (raw_dir / GROUND_TRUTH).is_file():
         for number, line in enumerate(decode_text((raw_dir / GROUND_TRUTH).read_bytes()).splitlines(), start=1):
@@ -101,7 +102,7 @@ def read_raw(raw_dir: Path):
                     labels.append(label)
     if len(texts) < 10_000:
         raise ValueError(f"expected over 10,000 rated sentences, found {len(texts)}: a truncated copy?")
-    return split_pool(texts, labels, TEST_FRACTION, SPLIT_SEED)
+    return split_text_pool(texts, labels, TEST_FRACTION, SPLIT_SEED)
 
 
 SPEC = DatasetSpec(
@@ -112,8 +113,8 @@ SPEC = DatasetSpec(
     sources={"canonical": canonical, "pypi": pypi, "local": local},
     read_raw=read_raw,
     raw_marker="SOURCE",  # written only once a copy has been read whole
-    text_chars=(2, 1000),  # the longest snippet has 257 characters; 1000 means a broken line
-    mean_words=(10.0, 40.0),  # 18.9 words on average
+    # The longest snippet has 257 characters (1000 means a broken line); 18.9 words on average.
+    schema=TextSchema(chars=(2, 1000), mean_words=(10.0, 40.0)),
     class_fraction=(0.35, 0.65),  # 49.6% positive
     max_train_test_overlap=0.0,
     augment={"token_delete_prob": 0.0, "token_swap_prob": 0.0},

@@ -3,28 +3,29 @@ for 32x32 inputs, as in He et al.'s CIFAR experiments, so the last stage still s
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 from torch import nn
 
-from modelyard.models import FamilyConfig, register_model
+from modelyard.models import FamilyConfig
 
 
 class ResNet18Config(FamilyConfig):
     """torchvision ResNet-18 from random weights."""
 
     name: Literal["resnet18"] = "resnet18"
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
     stem: Literal["cifar", "imagenet"] = Field(
         "cifar", description="cifar: 3x3 stride-1 first conv and no max-pool (small images); imagenet: 7x7/2 + pool."
     )
 
-    def builder_args(self, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
-        return {"in_channels": input_shape[2], "num_classes": num_classes, "stem": self.stem}
+    def builder_args(self, model_input: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+        return {"in_channels": model_input["in_channels"], "num_classes": num_classes, "stem": self.stem}
 
 
-@register_model("resnet18")
-def build_resnet18(in_channels: int = 3, num_classes: int = 10, stem: str = "cifar") -> nn.Module:
+def build(in_channels: int, num_classes: int, stem: str) -> nn.Module:
     from torchvision.models import resnet18
 
     model = resnet18(weights=None, num_classes=num_classes)
@@ -34,3 +35,6 @@ def build_resnet18(in_channels: int = 3, num_classes: int = 10, stem: str = "cif
     elif in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
+
+
+Config = ResNet18Config

@@ -1,8 +1,4 @@
-"""The fitted preprocessing of an image model: the one definition of how pixels become model inputs.
-
-Fitted at training time (normalisation statistics per channel, or the backbone's own) and saved in the
-model's `model.json`, it is used as is by training's evaluation, the evaluate stage, the MLflow pyfunc and
-serving, so all of them feed the model the same way:
+"""The fitted preprocessing of an image model: how pixels become model inputs.
 
     any image file --decode--> uint8 at the training data's size and channels (what the dataset stores)
     uint8 batch --__call__--> float (B, C, H, W) at the model's input size, channels and normalisation
@@ -13,30 +9,30 @@ Training augments in between (crop and flip at the data's size, erasing after no
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modelyard.data.augment import AugmentPolicy, random_crop, random_erasing, random_hflip
-from modelyard.data.errors import InvalidInputError
-
-__all__ = ["InvalidInputError", "ImagePreprocessor", "image_shape"]
+from modelyard.modalities import InvalidInputError, Preprocessor
+from modelyard.modalities.image.augment import ImagePolicy, random_crop, random_erasing, random_hflip
 
 MIN_IMAGE_SIDE = 8  # below this an upload holds too little to classify
 MAX_IMAGE_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding them
 
 
 @dataclass(frozen=True)
-class ImagePreprocessor:
+class ImagePreprocessor(Preprocessor):
     source_shape: tuple[int, int, int]  # (H, W, C) of the training data: what `decode` produces
     input_shape: tuple[int, int, int]  # (H, W, C) the model takes
     mean: tuple[float, ...]  # per input channel
     std: tuple[float, ...]
     normalization: str = "fitted on the training split"
-    kind: str = "image"
+
+    kind: ClassVar[str] = "image"
 
     def __post_init__(self) -> None:
         c_in, c_model = self.source_shape[2], self.input_shape[2]
@@ -79,11 +75,10 @@ class ImagePreprocessor:
         """What evaluation and serving feed the model."""
         return self.finish(self.to_unit(images_u8))
 
-    def train_batch(self, images_u8: torch.Tensor, policy: AugmentPolicy, gen: torch.Generator) -> torch.Tensor:
+    def train_batch(self, images_u8: torch.Tensor, policy: ImagePolicy, gen: torch.Generator) -> torch.Tensor:
         """Augmented model input: crop (zero padding, black like the background) and flip at the data's size,
         erasing after normalisation so erased pixels sit at the mean, as torchvision's RandomErasing does."""
-        x = self.to_unit(images_u8)
-        x = random_crop(x, policy.crop_padding, gen)
+        x = random_crop(self.to_unit(images_u8), policy.crop_padding, gen)
         if policy.hflip_prob > 0:
             x = random_hflip(x, policy.hflip_prob, gen)
         x = self.finish(x)
@@ -91,9 +86,13 @@ class ImagePreprocessor:
             x = random_erasing(x, policy.erasing_prob, policy.erasing_scale, policy.erasing_ratio, gen)
         return x
 
-    # ---- what a user hands in -----------------------------------------------------------------------
+    # ---- the Preprocessor interface -------------------------------------------------------------------
 
-    def check_batch(self, images: np.ndarray) -> np.ndarray:
+    def model_input(self) -> dict[str, Any]:
+        h, w, c = self.input_shape
+        return {"in_channels": c, "height": h, "width": w}
+
+    def check_batch(self, images: Any) -> np.ndarray:
         """uint8 images shaped like the training data ((N, H, W) for gray, (N, H, W, 3) for colour)."""
         h, w, c = self.source_shape
         images = np.asarray(images)
@@ -106,6 +105,20 @@ class ImagePreprocessor:
         if images.dtype != np.uint8:
             raise InvalidInputError("bad_dtype", f"expected uint8 pixels, got {images.dtype}")
         return images
+
+    def feeds(self, images: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        for start in range(0, len(images), batch_size):
+            chunk = np.ascontiguousarray(images[start : start + batch_size])
+            yield np.arange(start, start + len(chunk)), {"images": torch.from_numpy(chunk)}
+
+    def graph(self, model: torch.nn.Module) -> torch.nn.Module:
+        return ImageGraph(self, model)
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {"images": {0: "batch"}}
+
+    # ---- what a user hands in -----------------------------------------------------------------------
 
     def decode(self, data: bytes) -> np.ndarray:
         """Bytes of a PNG/JPEG/... of any size, gray or colour -> uint8 shaped like one training image."""
@@ -122,14 +135,7 @@ class ImagePreprocessor:
                 probe.verify()
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
-                if min(img.size) < MIN_IMAGE_SIDE:
-                    raise InvalidInputError("image_too_small", f"image is {img.width}x{img.height}; each side "
-                                                               f"must be at least {MIN_IMAGE_SIDE} px")
-                h, w, c = self.source_shape
-                converted = img.convert("L" if c == 1 else "RGB")
-                if converted.size != (w, h):
-                    converted = converted.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None)
-                return np.array(converted, dtype=np.uint8)  # a writable copy (PIL's buffer is read-only)
+                return self._to_source_shape(img)
         except InvalidInputError:
             raise
         except Image.DecompressionBombError as exc:  # Pillow refuses sizes far past its own limit at open()
@@ -137,25 +143,51 @@ class ImagePreprocessor:
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise InvalidInputError("not_an_image", f"the file is not a readable image ({type(exc).__name__})") from None
 
+    def _to_source_shape(self, img: Any) -> np.ndarray:
+        from PIL import Image
+
+        if min(img.size) < MIN_IMAGE_SIDE:
+            raise InvalidInputError("image_too_small", f"image is {img.width}x{img.height}; each side must be "
+                                                       f"at least {MIN_IMAGE_SIDE} px")
+        h, w, c = self.source_shape
+        converted = img.convert("L" if c == 1 else "RGB")
+        if converted.size != (w, h):
+            converted = converted.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None)
+        return np.array(converted, dtype=np.uint8)  # a writable copy (PIL's buffer is read-only)
+
     # ---- model.json ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-shaped (lists, not tuples), so a spec compares equal to itself read back from model.json."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-shaped (lists, not tuples), so a preprocessor compares equal to itself read back."""
+        return {"kind": self.kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}}
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> ImagePreprocessor:
-        if doc.get("kind", "image") != "image":
+    def from_dict(cls, doc: Mapping[str, Any]) -> ImagePreprocessor:
+        if doc.get("kind", "image") != cls.kind:
             raise ValueError(f"not an image preprocessor: kind {doc.get('kind')!r}")
         return cls(source_shape=tuple(doc["source_shape"]), input_shape=tuple(doc["input_shape"]),
-                   mean=tuple(doc["mean"]), std=tuple(doc["std"]),
-                   normalization=doc.get("normalization", ""), kind="image")
+                   mean=tuple(doc["mean"]), std=tuple(doc["std"]), normalization=doc.get("normalization", ""))
 
 
-def image_shape(images: np.ndarray) -> tuple[int, int, int]:
-    """(H, W, C) of a stored image batch: (N, H, W) is gray, (N, H, W, C) has C channels."""
-    if images.ndim == 3:
-        return int(images.shape[1]), int(images.shape[2]), 1
-    if images.ndim == 4:
-        return int(images.shape[1]), int(images.shape[2]), int(images.shape[3])
-    raise ValueError(f"expected images shaped (N, H, W) or (N, H, W, C), got {images.shape}")
+class ImageGraph(torch.nn.Module):
+    """uint8 images (N, H, W[, C]) -> logits, the preprocessing included (what serving and ONNX run)."""
+
+    def __init__(self, preprocessor: ImagePreprocessor, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.preprocessor, self.model = preprocessor, model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.preprocessor(images))
+
+
+class ImageBatches:
+    """Batches of resident (or streamed) uint8 images, augmented and preprocessed on the training device."""
+
+    def __init__(self, preprocessor: ImagePreprocessor, policy: ImagePolicy) -> None:
+        self.preprocessor, self.policy = preprocessor, policy
+
+    def train_batch(self, rows: Mapping[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.preprocessor.train_batch(rows["images"], self.policy, gen), rows["labels"]
+
+    def eval_batch(self, rows: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.preprocessor(rows["images"]), rows["labels"]

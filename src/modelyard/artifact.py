@@ -1,10 +1,11 @@
 """A saved model: weights plus everything needed to rebuild and feed it, without training code.
 
     <model_dir>/model.pt     state_dict
-    <model_dir>/model.json   {"family", "args", "labels", "preprocessing": {...}, "extra": {...}}
+    <model_dir>/model.json   {"family", "args", "labels", "preprocessing": {"kind": <modality>, ...}, "extra"}
 
-`preprocessing` is the fitted `ImagePreprocessor`, or the `TextPreprocessor` holding the tokenizer itself: the
-one definition of how inputs become tensors, used by evaluation, the MLflow pyfunc and serving alike.
+`preprocessing` is the fitted preprocessor of the model's modality (normalisation statistics and sizes, or the
+tokenizer itself): the one definition of how inputs become tensors, used by evaluation, the MLflow pyfunc,
+ONNX export and serving alike.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelyard.data.preprocess import ImagePreprocessor
+from modelyard.modalities import Modality, Preprocessor, get_modality
 from modelyard.models import build_model
 
 FORMAT_VERSION = 2
@@ -29,7 +30,7 @@ class ModelSpec:
     family: str
     args: dict[str, Any]
     labels: list[str]
-    preprocessing: dict[str, Any]  # ImagePreprocessor.to_dict()
+    preprocessing: dict[str, Any]  # Preprocessor.to_dict()
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -37,16 +38,12 @@ class ModelSpec:
         return build_model(self.family, **self.args)
 
     @property
-    def modality(self) -> str:
-        return "text" if self.preprocessing.get("kind") == "text" else "image"
+    def modality(self) -> Modality:
+        return get_modality(self.preprocessing.get("kind", "image"))
 
-    def preprocessor(self) -> Any:
-        """ImagePreprocessor or TextPreprocessor, as the model was trained with."""
-        if self.modality == "text":
-            from modelyard.data.text import TextPreprocessor
-
-            return TextPreprocessor.from_dict(self.preprocessing)
-        return ImagePreprocessor.from_dict(self.preprocessing)
+    def preprocessor(self) -> Preprocessor:
+        """The fitted preprocessor the model was trained with."""
+        return self.modality.preprocessor_from_dict(self.preprocessing)
 
 
 def save_model_dir(model: nn.Module, spec: ModelSpec, model_dir: str | os.PathLike[str]) -> Path:
@@ -73,11 +70,12 @@ def read_spec(model_dir: str | os.PathLike[str]) -> ModelSpec:
 
 def _from_v1(doc: dict[str, Any]) -> dict[str, Any]:
     """Format 1 (Fashion-MNIST CNNs registered before the task layer): one gray channel, scalar statistics."""
-    shape = (doc["input"]["height"], doc["input"]["width"], doc["input"].get("channels", 1))
+    shape = [doc["input"]["height"], doc["input"]["width"], doc["input"].get("channels", 1)]
     norm = doc["normalization"]
-    pre = ImagePreprocessor(shape, shape, (norm["mean"],), (norm["std"],))
+    preprocessing = {"kind": "image", "source_shape": shape, "input_shape": shape, "mean": [norm["mean"]],
+                     "std": [norm["std"]], "normalization": "fitted on the training split"}
     args = {k: v for k, v in doc["args"].items() if k not in ("image_size",)}
-    return {"family": doc["family"], "args": args, "labels": doc["labels"], "preprocessing": pre.to_dict(),
+    return {"family": doc["family"], "args": args, "labels": doc["labels"], "preprocessing": preprocessing,
             "extra": doc.get("extra", {}), "format_version": FORMAT_VERSION}
 
 
