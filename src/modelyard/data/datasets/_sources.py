@@ -9,6 +9,7 @@ different source (a different pool) gives a different test set, and its hash say
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import subprocess
 import sys
@@ -111,3 +112,19 @@ def split_text_pool(texts: list[str], labels: list[int], test_fraction: float, s
     train, test = stratified_test_rows(y, test_fraction, seed)
     return {name: TextSplit(texts=[pool[i] for i in rows], labels=y[rows]) for name, rows in (("train", train),
                                                                                               ("test", test))}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an idx file (gzip or plain): big-endian header, then uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path.name} is not an unsigned-byte idx file")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape)) if shape else 0
+    if len(data) - header != expected:
+        raise ValueError(f"{path.name}: header says {shape} ({expected} bytes), found {len(data) - header} bytes")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)

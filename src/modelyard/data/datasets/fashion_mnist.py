@@ -6,7 +6,6 @@ Sources: the canonical download (the mirror torchvision uses) when the network a
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from modelyard.data.datasets import DatasetSpec, SourceContext
-from modelyard.data.datasets._sources import SourceError
+from modelyard.data.datasets._sources import SourceError, read_idx
 from modelyard.modalities.image import ImageSchema, ImageSplit
 
 MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
@@ -91,22 +90,6 @@ def read_raw(raw_dir: Path) -> dict[str, ImageSplit]:
         labels = read_idx(raw_dir / labels_file).astype(np.int64)
         splits[split] = ImageSplit(images=images, labels=labels)
     return splits
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Parse an idx file (gzip or plain): big-endian header, then uint8 data."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path.name} is not an unsigned-byte idx file")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape)) if shape else 0
-    if len(data) - header != expected:
-        raise ValueError(f"{path.name}: header says {shape} ({expected} bytes), found {len(data) - header} bytes")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
 SPEC = DatasetSpec(
