@@ -49,9 +49,11 @@ def training_pipeline(
     logging.getLogger("modelyard").setLevel(logging.INFO)  # its progress lines go to the flow run's log
     sections = {"model": model, "train": train, "data": data, "prepare": prepare, "registry": registry}
     # The parameter file is the runner's (`make up` passes it), never a caller's.
-    cfg = config_from_form(os.environ.get("MODELYARD_PARAMS", "params.yaml"), recipe, sections)
-    # In a directory of its own, so runs may overlap; its outputs go to the stable paths once it has registered.
-    with open_run(cfg, label=_flow_run_label()) as run:
+    params_path = os.environ.get("MODELYARD_PARAMS", "params.yaml")
+    cfg = config_from_form(params_path, recipe, sections)
+    # In a directory of its own, so runs may overlap; its outputs go to the stable paths once it has registered
+    # (and to params.yaml's DVC stages when it is the run params.yaml describes).
+    with open_run(cfg, label=_flow_run_label(), params_path=params_path) as run:
         fetch_task(run.cfg)
         validate_task(run.cfg)
         prepare_task(run.cfg)

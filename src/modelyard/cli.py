@@ -178,7 +178,7 @@ def pipeline(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, recip
     cfg = _config(params, set_, recipe)
     log.info("pipeline: %s on %s -> registered as %s%s", cfg.model.name, cfg.data.dataset, cfg.task_name,
              f" (recipe {cfg.recipe})" if cfg.recipe else "")
-    with open_run(cfg) as run:
+    with open_run(cfg, params_path=params) as run:
         for stage in (stages.fetch, stages.validate, stages.prepare, stages.train, stages.evaluate, stages.register):
             log.info("stage %s", stage.__name__)
             stage(run.cfg)

@@ -61,9 +61,13 @@ class Run:
     dir: Path
     cfg: PipelineConfig  # the run's own paths
     stable: PipelineConfig  # the config it started from, whose paths `publish` fills
+    params_path: Path | None = None  # the parameter file it started from: its DVC stages record the published run
 
     def publish(self) -> None:
-        """Copy this run's outputs to the stable paths and point `runs/latest` here (under the lock)."""
+        """Copy this run's outputs to the stable paths, point `runs/latest` here and, when the run is the one
+        params.yaml describes, record it in DVC (all under the lock)."""
+        from modelyard.versioning import record_in_dvc
+
         root = runs_root(self.stable)
         started = time.perf_counter()
         with _publish_lock(self.stable):
@@ -73,14 +77,19 @@ class Run:
             latest = root / f".latest-{uuid.uuid4().hex[:8]}"
             latest.symlink_to(self.key, target_is_directory=True)
             latest.replace(root / "latest")
-        _update(self.dir, published_at=_now())
-        log.info("published run %s to the stable paths in %.1f s", self.key, time.perf_counter() - started)
+            recorded = record_in_dvc(self.stable, self.params_path) if self.params_path else "no parameter file"
+        _update(self.dir, published_at=_now(), dvc=recorded)
+        log.info("published run %s to the stable paths in %.1f s; %s", self.key, time.perf_counter() - started,
+                 recorded)
 
 
 @contextmanager
-def open_run(cfg: PipelineConfig, *, label: str | None = None) -> Iterator[Run]:
+def open_run(cfg: PipelineConfig, *, label: str | None = None,
+             params_path: str | os.PathLike[str] | None = None) -> Iterator[Run]:
     """A new run directory for `cfg` (its key: UTC start time, then `label` or a random id); `run.json`
-    records how the run ended. Old finished run directories beyond the newest KEEP_FINISHED are removed."""
+    records how the run ended. `params_path`: the parameter file `cfg` came from, whose DVC stages record the
+    published run when it is the run the file describes. Old finished run directories beyond the newest
+    KEEP_FINISHED are removed."""
     root = runs_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", label or "").strip("-.")[:48] or uuid.uuid4().hex[:8]
@@ -91,7 +100,8 @@ def open_run(cfg: PipelineConfig, *, label: str | None = None) -> Iterator[Run]:
         key = f"{key}-{uuid.uuid4().hex[:8]}"
         (root / key).mkdir()
     run_dir = root / key
-    run = Run(key=key, dir=run_dir, cfg=run_config(cfg, run_dir.resolve()), stable=cfg)
+    run = Run(key=key, dir=run_dir, cfg=run_config(cfg, run_dir.resolve()), stable=cfg,
+              params_path=Path(params_path) if params_path else None)
     doc = {"key": key, "status": "running", "owner": process_owner(), "started_at": _now(), "model": cfg.task_name}
     (run_dir / "run.json").write_text(json.dumps(doc, indent=2) + "\n")
     log.info("run %s works in %s", key, run_dir)
