@@ -68,14 +68,14 @@ serve: setup  ## (re)deploy every task's champion to the running stack's Ray clu
 	@source infra/env.sh
 	$(BIN)/python -m serving "$$MODELYARD_PARAMS"
 
-test: setup browser  ## the whole suite: real Ray, MLflow, Prefect, Ray Serve, and the stack of `make up` in a browser
-	$(BIN)/python -m pytest tests -m "not reliability" --durations=30
+test: setup browser  ## the whole suite, reliability included: real Ray, MLflow, Prefect, Ray Serve, DVC, the stack in a browser
+	$(BIN)/python -m pytest tests -rA --durations=40
 
-reliability: setup  ## faults, minutes of load and hostile input, each with its figure (CI: .ci/reliability)
+reliability: setup  ## only the faults, minutes of load and hostile input, each printing its figure
 	$(BIN)/python -m pytest tests -m reliability -s --durations=0
 
-test-fast: setup  ## unit and data tests only
-	$(BIN)/python -m pytest tests/unit tests/data
+test-fast: setup  ## what needs no server and no training (seconds)
+	$(BIN)/python -m pytest tests -m "not slow and not integration and not stack and not reliability"
 
 repro: setup  ## dvc repro with the embedded defaults (no server needed)
 	env -u MLFLOW_TRACKING_URI -u RAY_ADDRESS -u PREFECT_API_URL PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

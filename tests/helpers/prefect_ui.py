@@ -11,6 +11,9 @@ copes with:
   any-of ``TrainConfig | None`` property; field labels read ``Epochs
   (Optional)`` and are not bound to their inputs, so ``get_by_label`` finds
   nothing and fields are found by their label text inside the section;
+* ``model`` is a union of every family's config, drawn as one toggle button
+  per family (titled by the family's name) above the chosen family's fields;
+  a click on another family swaps in that family's fields at their defaults;
 * the page scrolls inside ``.app-router-view``, not the document, so a
   full-page screenshot needs a viewport as tall as that element;
 * after Submit the UI returns to the deployment page and shows a 5 s toast
@@ -32,13 +35,30 @@ TIMEOUT_MS = 30_000
 _FLOW_RUN_URL = re.compile(r"/runs/flow-run/([0-9a-f-]{36})")
 
 
+def _section(page: Page, within, name: str):
+    """The form property whose label starts with `name` (a section or a field)."""
+    return within.locator(".schema-form-property").filter(
+        has=page.get_by_text(re.compile(rf"^{re.escape(name)}\b"))
+    ).first
+
+
+def _fill_number(page: Page, section, label: str, value: int) -> None:
+    field = _section(page, section, label).get_by_role("spinbutton")
+    field.fill(str(value))
+    if field.input_value() != str(value):
+        raise AssertionError(f"{label} input reads {field.input_value()!r}, not {value}")
+
+
 def custom_run_from_ui(
-    page: Page, base_url: str, epochs: int, screenshot_path: str | PathLike[str]
+    page: Page, base_url: str, epochs: int, screenshot_path: str | PathLike[str],
+    family: str | None = None, family_fields: dict[str, int] | None = None,
 ) -> str:
     """In the Prefect UI: open the training-pipeline deployment, choose Run ->
-    Custom run, set train.epochs in the parameter form to `epochs`, take a
-    full-page screenshot of the filled form to screenshot_path, submit, and
-    return the new flow run's id (from the URL the UI navigates to)."""
+    Custom run, pick the model `family` and set its number fields
+    `family_fields` (labels as the form shows them, e.g. {"Hidden": 64}), set
+    train.epochs to `epochs`, take a full-page screenshot of the filled form to
+    screenshot_path, submit, and return the new flow run's id (from the URL the
+    UI navigates to)."""
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(f"{base_url.rstrip('/')}/deployments")
 
@@ -53,17 +73,14 @@ def custom_run_from_ui(
     page.get_by_role("link", name="Custom run").click()
     page.wait_for_url("**/run?**")
 
-    # Parameter form: the `train` section, then its `Epochs` field (a number input).
-    train = page.locator(".schema-form-property").filter(
-        has=page.get_by_text(re.compile(r"^train\b"))
-    ).first
-    epochs_field = train.locator(".schema-form-property").filter(
-        has=page.get_by_text(re.compile(r"^Epochs\b"))
-    )
-    epochs_input = epochs_field.get_by_role("spinbutton")
-    epochs_input.fill(str(epochs))
-    if epochs_input.input_value() != str(epochs):
-        raise AssertionError(f"train.epochs input reads {epochs_input.input_value()!r}")
+    # Parameter form: the `model` section's family toggle, then that family's own fields.
+    if family:
+        model = _section(page, page, "model")
+        model.get_by_role("button", name=family, exact=True).click()
+        for label, value in (family_fields or {}).items():
+            _fill_number(page, model, label, value)
+    # The `train` section, then its `Epochs` field (a number input).
+    _fill_number(page, _section(page, page, "train"), "Epochs", epochs)
 
     # Screenshot the whole filled form: grow the viewport to the scrolling view's height.
     viewport = page.viewport_size or {"width": 1400, "height": 1000}

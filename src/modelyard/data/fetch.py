@@ -31,6 +31,10 @@ def fetch_dataset(cfg: DataConfig, dataset_dir: Path, raw_dir: Path, *, local_di
     """Make `dataset_dir` hold the dataset (with cfg's limits), from the raw copy in `raw_dir` (downloaded
     there first when missing); reuse what is already there."""
     spec = get_dataset(cfg.dataset)
+    unknown = [s for s in cfg.sources or () if s not in spec.sources]
+    if unknown:  # refused even when a raw copy is already here: the run asked for something that does not exist
+        raise FetchError(f"{spec.name} has no source {', '.join(map(repr, unknown))}; its sources are "
+                         f"{', '.join(spec.sources)}")
     source = f"{spec.name} (train_limit={cfg.train_limit}, test_limit={cfg.test_limit})"
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
     # One fetch of a dataset at a time on this disk: runs side by side download once, never read a raw copy
@@ -77,10 +81,6 @@ def _ensure_raw(spec: DatasetSpec, raw_dir: Path, sources: list[str], ctx: Sourc
         except Exception as exc:  # truncated (EOFError from gzip, tarfile.ReadError), foreign or damaged
             log.warning("raw copy of %s in %s is unreadable (%s: %s); fetching again", spec.name, raw_dir,
                         type(exc).__name__, exc)
-    unknown = [s for s in sources if s not in spec.sources]
-    if unknown:
-        raise FetchError(f"{spec.name} has no source {', '.join(map(repr, unknown))}; its sources are "
-                         f"{', '.join(spec.sources)}")
     errors = []
     for source in sources:
         staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-{source}-", dir=raw_dir.parent))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from modelyard.artifact import ModelSpec, load_model_dir
-from modelyard.inference import onnx_runtime
+from modelyard.inference.onnx_runtime import ONNX_FILE, session, usable
 
 __all__ = ["Prediction", "Predictor"]
 
@@ -50,11 +50,11 @@ class Predictor:
         model, spec = load_model_dir(Path(model_dir), device)
         if backend != "onnxruntime":
             return cls(model, spec, device)
-        ok, note = onnx_runtime.usable(model_dir)
+        ok, note = usable(model_dir)
         if not ok:
             return cls(model, spec, device, backend_note=f"torch, not onnxruntime: {note}")
         return cls(model, spec, device, backend_note=note,
-                   onnx_session=onnx_runtime.session(Path(model_dir) / onnx_runtime.ONNX_FILE, threads))
+                   onnx_session=session(Path(model_dir) / ONNX_FILE, threads))
 
     @property
     def labels(self) -> list[str]:

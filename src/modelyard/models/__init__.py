@@ -14,9 +14,9 @@ This package's own module imports no torch, so listing and checking families is 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from modelyard.plugins import load_member, member_names
 
@@ -30,7 +30,9 @@ ParamGroups = list[tuple[str, list, float]]  # (name, parameters, learning-rate 
 class FamilyConfig(BaseModel):
     """What every family's config answers; the defaults suit a model trained from scratch on the data as is."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Titled by the family's name: what a form (the Prefect UI's) labels each choice of the union with.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True,
+                              model_title_generator=lambda cls: cls.model_fields["name"].default)
 
     modalities: ClassVar[tuple[str, ...]]  # the kinds of input it takes (members of modelyard.modalities)
     runtime_packages: ClassVar[tuple[str, ...]] = ()  # pip packages its registered models import to load
@@ -83,6 +85,7 @@ def build_model(family: str, **args: Any) -> nn.Module:
 
 
 def config_union() -> Any:
-    """Every family's config as one union chosen by `name`: the Prefect form's family picker."""
-    classes = tuple(config_class(name) for name in family_names())
-    return Annotated[Union[classes], Field(discriminator="name")]  # noqa: UP007 (a runtime tuple of classes)
+    """Every family's config as one union, told apart by `name` (each family's own literal): the Prefect form
+    draws it as a family picker with each family's fields. (A discriminated union would be validated the same
+    way, but its `oneOf` schema is drawn as a raw JSON editor.)"""
+    return Union[tuple(config_class(name) for name in family_names())]  # noqa: UP007 (a runtime tuple of classes)

@@ -9,6 +9,7 @@ preprocessing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -45,7 +46,8 @@ class BertConfig(FamilyConfig):
             raise PretrainedError(f"cannot load {self.pretrained!r}: {exc}") from None
         if self.dropout is not None:
             config.classifier_dropout = self.dropout
-        return {"hf_config": config.to_dict(), "num_classes": num_classes}
+        # As model.json will hold it (JSON: label ids as strings), so the spec equals itself read back.
+        return {"hf_config": json.loads(json.dumps(config.to_dict())), "num_classes": num_classes}
 
     def prepare(self, model: nn.Module) -> None:
         """The pretrained encoder's weights; only the classifier head stays as initialised."""

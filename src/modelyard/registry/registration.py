@@ -34,8 +34,8 @@ def register(cfg: PipelineConfig, paths: TaskPaths) -> dict[str, Any]:
     (`registration.json`) with the markdown report under `report`."""
     uri = cfg.registry.resolved_tracking_uri()
     train_info = _read_json(paths.train_dir / "train.json", "run the train stage first")
-    evaluation = _read_json(paths.eval_dir / "evaluation.json", "run the evaluate stage first")
-    with claimed_run(uri, train_info.get("run_id")):
+    with claimed_run(uri, train_info.get("run_id")):  # from here a failure ends the training's run FAILED
+        evaluation = _read_json(paths.eval_dir / "evaluation.json", "run the evaluate stage first")
         run_id = train_info.get("run_id") or start_run(uri, cfg.registry.experiment, params=cfg.flat(),
                                                        tags={"modelyard.stage": "register"})
         lineage = _log_evaluation(uri, run_id, paths, train_info, evaluation)

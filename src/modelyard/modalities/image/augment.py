@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from modelyard.modalities._policy import policy_from
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,7 @@ class ImagePolicy:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ImagePolicy:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(doc) - known)
-        if unknown:
-            raise ValueError(f"{', '.join(unknown)}: not an image augmentation setting; the image policy has "
-                             f"{', '.join(sorted(known))}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+        return policy_from(cls, doc, "image")
 
     @property
     def is_identity(self) -> bool:

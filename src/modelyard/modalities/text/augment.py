@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from modelyard.modalities._policy import policy_from
+
 
 @dataclass(frozen=True)
 class TextPolicy:
@@ -23,12 +25,7 @@ class TextPolicy:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> TextPolicy:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(doc) - known)
-        if unknown:
-            raise ValueError(f"{', '.join(unknown)}: not a text augmentation setting; the text policy has "
-                             f"{', '.join(sorted(known))}")
-        return cls(**doc)
+        return policy_from(cls, doc, "text")
 
     @property
     def is_identity(self) -> bool:
