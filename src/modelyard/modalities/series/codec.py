@@ -1,0 +1,53 @@
+"""Series over HTTP: JSON `{"series": [[c1, ..., cC], ...]}` (frames of C numbers) for one, `{"batch": [...]}`
+for several."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from modelyard.modalities import Codec, InvalidInputError
+from modelyard.modalities._http import STATUSES, json_object
+
+
+class SeriesCodec(Codec):
+    content_type: ClassVar[str] = "application/json"
+    wrong_type: ClassVar[str] = "not_json"
+    statuses: ClassVar[dict[str, int]] = STATUSES | {
+        "missing_series": 422, "bad_type": 422, "bad_shape": 422, "bad_channels": 422, "empty_series": 422,
+        "not_finite": 422, "series_too_long": 413, "too_many_series": 413}
+
+    def decode(self, body: bytes, content_type: str) -> tuple[list[Any], bool]:
+        doc = json_object(body, content_type, 'series: {"series": [[...], ...]} or {"batch": [...]}')
+        if ("series" in doc) == ("batch" in doc):
+            raise InvalidInputError("missing_series", 'send an object with either "series" (a list of frames, '
+                                                      'each a list of numbers) or "batch" (a list of series)')
+        many = "batch" in doc
+        batch = doc["batch"] if many else [doc["series"]]
+        if not isinstance(batch, list) or not all(isinstance(s, list) for s in batch):
+            raise InvalidInputError("bad_type", '"series" must be a list of frames and "batch" a list of series')
+        if many and not 1 <= len(batch) <= self.limits.max_items:
+            raise InvalidInputError("too_many_series" if batch else "missing_series",
+                                    f'"batch" holds {len(batch)} series; send 1 to {self.limits.max_items}')
+        return self.preprocessor.check_batch(batch), many
+
+    def collate(self, items: list[Any]) -> list[Any]:
+        return list(items)
+
+    def _series_schema(self) -> dict[str, Any]:
+        frame = {"type": "array", "items": {"type": "number"}, "minItems": self.preprocessor.channels,
+                 "maxItems": self.preprocessor.channels}
+        return {"type": "array", "items": frame, "minItems": 1, "maxItems": self.preprocessor.max_length}
+
+    def request_body(self) -> dict[str, Any]:
+        one = self._series_schema()
+        return {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+            {"type": "object", "required": ["series"], "properties": {"series": one}},
+            {"type": "object", "required": ["batch"], "properties": {"batch": {
+                "type": "array", "items": one, "minItems": 1, "maxItems": self.limits.max_items}}},
+        ]}}}}
+
+    def summary(self) -> str:
+        p = self.preprocessor
+        return (f'Send JSON {{"series": [[...], ...]}}: 1 to {p.max_length} frames of {p.channels} finite numbers '
+                f'each, or {{"batch": [...]}} with 1 to {self.limits.max_items} series; bodies over '
+                f"{self.limits.max_body_bytes:,} bytes get 413.")
