@@ -1,8 +1,9 @@
 """A bidirectional LSTM (or GRU) trained from scratch over a sequence, max-pooled over time, then a linear
-head: the baseline a Transformer must beat on text.
+head: the baseline a Transformer must beat on text, and a recurrent classifier of time series.
 
 On text it reads token ids (of a pretrained tokenizer's vocabulary, saved with the model) through an
-embedding learnt from scratch; the sequence is packed, so padding never reaches the recurrence.
+embedding learnt from scratch; on a series, its frames (C numbers each) through a learnt linear projection.
+The sequence is packed, so padding never reaches the recurrence.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ class LSTMConfig(FamilyConfig):
     """A bidirectional LSTM (or GRU) over embeddings learnt from scratch, max-pooled, then a linear head."""
 
     name: Literal["lstm"] = "lstm"
-    modalities: ClassVar[tuple[str, ...]] = ("text",)
+    modalities: ClassVar[tuple[str, ...]] = ("text", "series")
     tokenizer: str = Field(OFFLINE_DEFAULT, description="Text: whose tokenizer (and vocabulary) the ids come from.")
     max_length: int = Field(128, ge=8, le=4096, description="Steps read per input (tokens, special ones included); "
                                                              "longer inputs are truncated.")
     cell: Literal["lstm", "gru"] = "lstm"
-    embedding_dim: int = Field(128, ge=8, le=4096, description="Width of the learnt embedding of each step.")
+    embedding_dim: int = Field(128, ge=8, le=4096, description="Width of the learnt embedding (text) or projection "
+                                                                "(series) of each step.")
     hidden: int = Field(128, ge=8, le=4096, description="Units per direction.")
     layers: int = Field(1, ge=1, le=4)
     dropout: float = Field(0.3, ge=0, lt=1)
@@ -36,35 +38,41 @@ class LSTMConfig(FamilyConfig):
         return {"tokenizer": self.tokenizer, "max_length": self.max_length}
 
     def builder_args(self, model_input: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
-        return {"vocab_size": model_input["vocab_size"], "pad_id": model_input["pad_id"], "num_classes": num_classes,
-                "cell": self.cell, "embedding_dim": self.embedding_dim, "hidden": self.hidden, "layers": self.layers,
-                "dropout": self.dropout}
+        # What the input layer needs: a vocabulary (token ids) or the width of a frame (a series' values).
+        steps = {k: model_input[k] for k in ("vocab_size", "pad_id", "in_features") if k in model_input}
+        return {**steps, "num_classes": num_classes, "cell": self.cell, "embedding_dim": self.embedding_dim,
+                "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout}
 
 
 class RNNClassifier(nn.Module):
-    def __init__(self, vocab_size: int, pad_id: int, num_classes: int, cell: str, embedding_dim: int, hidden: int,
-                 layers: int, dropout: float) -> None:
+    def __init__(self, num_classes: int, cell: str, embedding_dim: int, hidden: int, layers: int, dropout: float,
+                 vocab_size: int | None = None, pad_id: int = 0, in_features: int | None = None) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        if (vocab_size is None) == (in_features is None):
+            raise ValueError("give vocab_size (token ids) or in_features (frames of values), not both")
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id) if vocab_size else None
+        self.projection = nn.Linear(in_features, embedding_dim) if in_features else None
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn(embedding_dim, hidden, num_layers=layers, batch_first=True, bidirectional=True,
                        dropout=dropout if layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(2 * hidden, num_classes)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                values: torch.Tensor | None = None) -> torch.Tensor:
+        steps = self.embedding(input_ids) if self.embedding is not None else self.projection(values)  # (B, T, E)
         lengths = attention_mask.sum(1).clamp(min=1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.embedding(input_ids)), lengths,
-                                                   batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(steps), lengths, batch_first=True,
+                                                   enforce_sorted=False)
         out, _ = self.rnn(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=input_ids.shape[1])
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=attention_mask.shape[1])
         out = out.masked_fill(attention_mask[:, :, None] == 0, float("-inf"))  # (B, T, 2H), padding never wins
         return self.head(self.dropout(out.max(dim=1).values))
 
 
-def build(vocab_size: int, pad_id: int, num_classes: int, cell: str, embedding_dim: int, hidden: int, layers: int,
-          dropout: float) -> RNNClassifier:
-    return RNNClassifier(vocab_size, pad_id, num_classes, cell, embedding_dim, hidden, layers, dropout)
+def build(num_classes: int, cell: str, embedding_dim: int, hidden: int, layers: int, dropout: float,
+          vocab_size: int | None = None, pad_id: int = 0, in_features: int | None = None) -> RNNClassifier:
+    return RNNClassifier(num_classes, cell, embedding_dim, hidden, layers, dropout, vocab_size, pad_id, in_features)
 
 
 Config = LSTMConfig

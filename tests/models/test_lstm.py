@@ -1,0 +1,40 @@
+"""The recurrent family on its two kinds of sequence: token ids (an embedding) and a series' frames (a
+projection), packed, so padding never reaches the recurrence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers.paths import FIXTURES
+from modelyard.modalities import get_modality
+from modelyard.modalities.series import SeriesSchema
+from modelyard.modalities.series.split import read_npz
+from modelyard.models import build_model, family_config
+
+
+@pytest.fixture(scope="module")
+def vowels():
+    return read_npz(FIXTURES / "japanese_vowels_test_90.npz")
+
+
+def test_on_series_it_projects_frames_and_padding_changes_no_answer(vowels):
+    series = get_modality("series")
+    family = family_config({"name": "lstm", "embedding_dim": 16, "hidden": 16})
+    pre = series.fit_preprocessor(family.preprocessing(), series.fit_statistics(vowels), SeriesSchema(12, (7, 29)))
+    args = family.builder_args(pre.model_input(), 9)
+    assert "vocab_size" not in args and args["in_features"] == 12 and pre.max_length == family.max_length
+    torch.manual_seed(0)
+    graph = pre.graph(build_model("lstm", **args).eval())
+    short, long = vowels.series[0], max(vowels.series, key=len)
+    with torch.no_grad():
+        alone = graph(**next(pre.feeds([short], 1))[1])
+        _, feeds = next(pre.feeds([short, long], 2))
+        padded = graph(**feeds)
+    assert torch.allclose(alone[0], padded[0], atol=1e-5)  # the same series, alone or padded
+
+
+def test_a_model_gets_one_input_layer_never_both():
+    with pytest.raises(ValueError, match="vocab_size .* or in_features"):
+        build_model("lstm", num_classes=2, cell="lstm", embedding_dim=8, hidden=8, layers=1, dropout=0.0,
+                    vocab_size=100, in_features=12)
