@@ -83,6 +83,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model": {"name": "bert", "pretrained": "all-MiniLM-L6-v2", "max_length": 256},
         "train": _FINE_TUNE | {"epochs": 3, "batch_size": 16, "learning_rate": 1e-4},
     },
+    "vowels-lstm": {
+        "description": "JapaneseVowels (UEA): which of 9 speakers, from 12 LPC coefficients a frame; a "
+                       "bidirectional LSTM over the frames, jitter, scaling and time warp",
+        "data": {"dataset": "japanese_vowels"},
+        "model": {"name": "lstm", "embedding_dim": 64, "hidden": 64, "dropout": 0.2},
+        "train": _FINE_TUNE | {"epochs": 60, "batch_size": 32, "learning_rate": 3e-3, "warmup_epochs": 2,
+                               "label_smoothing": 0.1},
+    },
 }
 RECIPE_NAMES = tuple(RECIPES)
 
