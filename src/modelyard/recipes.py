@@ -91,6 +91,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         "train": _FINE_TUNE | {"epochs": 60, "batch_size": 32, "learning_rate": 3e-3, "warmup_epochs": 2,
                                "label_smoothing": 0.1},
     },
+    "vowels-fcn": {
+        "description": "JapaneseVowels (UEA): which of 9 speakers; a fully convolutional network over time "
+                       "(1-D convolutions, global average pooling), jitter, scaling and time warp",
+        "data": {"dataset": "japanese_vowels"},
+        "model": {"name": "fcn"},
+        "train": _FINE_TUNE | {"epochs": 60, "batch_size": 32, "learning_rate": 3e-3, "warmup_epochs": 2,
+                               "label_smoothing": 0.1},
+    },
 }
 RECIPE_NAMES = tuple(RECIPES)
 
