@@ -37,6 +37,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model": {"name": "resnet18", "stem": "cifar"},
         "train": {"epochs": 30, "batch_size": 512, "learning_rate": 0.2, "warmup_epochs": 2, "use_gpu": "true"},
     },
+    "fashion-vit": {
+        "description": "Fashion-MNIST, a Vision Transformer from scratch: 7x7-pixel patches, 6 pre-norm "
+                       "self-attention blocks of width 128, AdamW + cosine",
+        "data": {"dataset": "fashion_mnist"},
+        "model": {"name": "vit", "patch_size": 7, "dim": 128, "depth": 6, "heads": 4},
+        "train": {"optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 0.05, "epochs": 10,
+                  "warmup_epochs": 1, "grad_clip_norm": 1.0, "channels_last": False},
+    },
     "cifar10-resnet18": {
         "description": "CIFAR-10, torchvision ResNet-18 with a CIFAR stem from scratch, crop + flip, SGD + cosine",
         "data": {"dataset": "cifar10"},
