@@ -45,6 +45,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         "train": {"optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 0.05, "epochs": 10,
                   "warmup_epochs": 1, "grad_clip_norm": 1.0, "channels_last": False},
     },
+    "mnist-cnn": {
+        "description": "MNIST digits, the batch-norm CNN from scratch (crop and erasing, no flips: a flipped "
+                       "digit is another glyph)",
+        "data": {"dataset": "mnist"},
+        "model": {"name": "cnn"},
+    },
     "cifar10-resnet18": {
         "description": "CIFAR-10, torchvision ResNet-18 with a CIFAR stem from scratch, crop + flip, SGD + cosine",
         "data": {"dataset": "cifar10"},
