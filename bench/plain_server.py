@@ -26,11 +26,11 @@ def build(model_dir: str, threads: int):
     @app.post("/predict")
     async def predict(request: Request):
         try:
-            if predictor.modality == "text":
+            if predictor.preprocessor.kind == "text":
                 inputs = predictor.check_batch([json.loads(await request.body())["text"]])
             else:
                 form = await request.form()
-                inputs = predictor.decode(await form["file"].read())[None]
+                inputs = predictor.preprocessor.decode(await form["file"].read())[None]
         except InvalidInputError as exc:
             return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=400)
         return predictor.predict(inputs)[0].to_dict()

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
 
 import torch
 import yaml
 
 from modelyard.config import load_config
-from modelyard.data.augment import prepare_splits
 from modelyard.data.dataset import load_split
 from modelyard.data.fetch import fetch_dataset
+from modelyard.data.prepare import prepare_splits
 from modelyard.inference import Predictor
+from modelyard.models import family_config
+from modelyard.paths import TaskPaths
 from modelyard.runtime import configure_environment
-from modelyard.training import loop
 from modelyard.training.local import train_local
+from modelyard.training.precision import resolve_precision
 
 
 def main() -> None:
@@ -42,17 +43,22 @@ def main() -> None:
         overrides.setdefault(section, {})[name] = yaml.safe_load(raw)
     with tempfile.TemporaryDirectory(prefix="modelyard-preset-") as tmp:
         cfg = load_config("params.yaml", overrides)
-        cfg = cfg.with_overrides({"data": {"data_dir": args.data_dir}, "augment": {"prepared_dir": str(Path(tmp) / "prepared")},
+        # the dataset under --data-dir (raw downloads in <data-dir>/raw unless -S paths.raw_dir=...), the
+        # prepared split in the temporary directory
+        cfg = cfg.with_overrides({"paths": {"data_dir": args.data_dir, "artifacts_dir": tmp},
                                   "train": {"use_gpu": "auto"}})
-        dataset_dir = fetch_dataset(cfg.data)
-        prepared = prepare_splits(dataset_dir, cfg.augment)
-        model, spec, history, seconds = train_local(cfg, dataset_dir, prepared, device=args.device)
+        paths = TaskPaths.of(cfg)
+        dataset_dir = fetch_dataset(cfg.data, paths.dataset_dir, paths.raw_dir,
+                                    local_dir=cfg.paths.local_source_dir)
+        prepared = prepare_splits(dataset_dir, cfg.prepare, paths.prepared_dir)
+        model, spec, history, seconds = train_local(cfg, family_config(cfg.model), dataset_dir, prepared,
+                                                    device=args.device)
         test = load_split(dataset_dir, "test")
         predictor = Predictor(model, spec, args.device)
-        accuracy = float((predictor.predict_proba(test.images).argmax(1) == test.labels).mean())
+        accuracy = float((predictor.predict_proba(test.inputs).argmax(1) == test.labels).mean())
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    mode, _ = loop.resolve_precision(cfg.train.mixed_precision, device)
+    mode, _ = resolve_precision(cfg.train.mixed_precision, device)
     train_s = sum(h["epoch/wall_time_s"] for h in history)
     samples = sum(h["train/samples_per_s"] * h["train/epoch_time_s"] for h in history)
     print(f"{args.recipe} {' '.join(args.overrides)} | {where} | precision {mode} | {len(history)} epochs | "

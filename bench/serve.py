@@ -3,12 +3,14 @@ FastAPI + uvicorn server a user would write (bench/plain_server.py), same model,
 
     python -m bench.serve [--duration 15] [--concurrency 1 8 32]
                           [--targets plain proxy haproxy proxy+onnx haproxy+onnx] [--tracking-uri URI --model NAME]
+                          [--data-dir data]
 
 A target is the plain server, or modelyard's app as <ingress>[+onnx]: Ray's `proxy` or `haproxy`, with the
 torch backend or (+onnx) the onnxruntime one running the version's ONNX export.
 
 Without --tracking-uri it trains the default image recipe's model (`fashion-cnn`, one epoch on 6,000 images:
-the speed of a forward pass does not depend on how well it was trained) into a temporary MLflow store. The
+the speed of a forward pass does not depend on how well it was trained) into a temporary MLflow store, its
+outputs in a temporary directory (raw downloads shared from <data-dir>/raw). The
 servers run one at a time, each alone on the machine with the client; the client is one asyncio process
 that keeps `concurrency` requests in flight for `duration` seconds after a 2 s warm-up, posting real
 Fashion-MNIST test images as PNG. Prints requests/s, p50 and p99 per target and concurrency, and ratios
@@ -134,17 +136,26 @@ def wait_ready(url: str, proc: subprocess.Popen, image: bytes, timeout_s: float 
 
 # ---- setup ---------------------------------------------------------------------------------------------
 
-def test_pngs(count: int = 256) -> list[bytes]:
+def bench_config(data_dir: Path, overrides: dict | None = None):
+    """The default image recipe (`fashion-cnn`) over params.yaml, its data under `data_dir`."""
+    from modelyard.config import deep_merge, load_config
+
+    base = {"recipe": "fashion-cnn", "paths": {"data_dir": str(data_dir.resolve())}}
+    return load_config(REPO / "params.yaml", deep_merge(base, overrides or {}))
+
+
+def test_pngs(data_dir: Path, count: int = 256) -> list[bytes]:
     """Real Fashion-MNIST test images, PNG-encoded, fetched by the project's own code when missing."""
     from PIL import Image
 
-    from modelyard.config import DataConfig
     from modelyard.data.dataset import load_split
     from modelyard.data.fetch import fetch_dataset
+    from modelyard.paths import TaskPaths
 
-    data = DataConfig(data_dir=str(REPO / "data"))
-    fetch_dataset(data)
-    split = load_split(data.dataset_dir, "test")
+    cfg = bench_config(data_dir)
+    paths = TaskPaths.of(cfg)
+    fetch_dataset(cfg.data, paths.dataset_dir, paths.raw_dir, local_dir=cfg.paths.local_source_dir)
+    split = load_split(paths.dataset_dir, "test")
     out = []
     for image in split.images[:count]:
         buf = io.BytesIO()
@@ -153,20 +164,20 @@ def test_pngs(count: int = 256) -> list[bytes]:
     return out
 
 
-def train_quick_model(workdir: Path) -> tuple[str, str]:
+def train_quick_model(workdir: Path, data_dir: Path) -> tuple[str, str]:
     """The default recipe's architecture, briefly trained, registered as champion in a store under workdir."""
-    from modelyard.config import load_config
+    from modelyard.paths import TaskPaths
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    raw_root = TaskPaths.of(bench_config(data_dir)).raw_root.resolve()  # shared downloads; its own 6,000 cut
     overrides = {
-        "data": {"data_dir": str(REPO / "data"), "train_limit": 6000},
-        "validate": {"report_dir": str(workdir / "reports")},
-        "augment": {"prepared_dir": str(workdir / "prepared")},
-        "train": {"output_dir": str(workdir / "train"), "epochs": 1},
-        "evaluate": {"output_dir": str(workdir / "eval"), "metrics_path": str(workdir / "metrics.json")},
+        "data": {"train_limit": 6000},
+        "train": {"epochs": 1},
         "registry": {"tracking_uri": uri, "experiment": "bench-serve"},
+        "paths": {"data_dir": str(workdir / "data"), "raw_dir": str(raw_root),
+                  "artifacts_dir": str(workdir / "artifacts")},
     }
-    cfg = load_config(REPO / "params.yaml", overrides)
+    cfg = bench_config(data_dir, overrides)
     params = workdir / "params.yaml"
     import yaml
 
@@ -174,7 +185,7 @@ def train_quick_model(workdir: Path) -> tuple[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     subprocess.run([sys.executable, "-m", "modelyard.cli", "pipeline", "-p", str(params)], cwd=REPO, env=env,
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return uri, cfg.model_name
+    return uri, cfg.task_name
 
 
 def cpu_name() -> str:
@@ -196,6 +207,8 @@ def main() -> None:
     parser.add_argument("--tracking-uri")
     parser.add_argument("--model")
     parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--data-dir", type=Path, default=REPO / "data",
+                        help="where the test images (and the raw downloads) are, fetched when missing")
     parser.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ingress", default="proxy", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
@@ -203,7 +216,7 @@ def main() -> None:
     if args.serve_child:
         return serve_child(args)
 
-    from modelyard.registry import download_model_dir
+    from modelyard.registry.versions import download_model_dir
     from modelyard.runtime import configure_environment
 
     configure_environment()
@@ -213,9 +226,9 @@ def main() -> None:
             uri, model = args.tracking_uri, args.model
         else:
             print("training the default recipe's model briefly (1 epoch, 6,000 images) to serve ...", flush=True)
-            uri, model = train_quick_model(workdir)
+            uri, model = train_quick_model(workdir, args.data_dir)
         model_dir, mv = download_model_dir(uri, model, dst_dir=workdir / "model", alias="champion")
-        images = test_pngs()
+        images = test_pngs(args.data_dir)
         print(f"{model} v{mv.version}; {len(images)} real test PNGs; {os.cpu_count()} cores ({cpu_name()}); "
               f"{args.duration:.0f} s per point\n", flush=True)
         results: dict[str, dict[int, dict]] = {}

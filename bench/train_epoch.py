@@ -29,18 +29,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from modelyard.config import DataConfig, load_config
-from modelyard.data.augment import prepare_splits
-from modelyard.data.dataset import ImageSplit, load_split, read_metadata, write_dataset
+from modelyard.config import load_config
+from modelyard.data.dataset import load_split, read_metadata, write_dataset
 from modelyard.data.fetch import fetch_dataset
-from modelyard.data.preprocess import ImagePreprocessor
+from modelyard.data.prepare import prepare_splits
+from modelyard.modalities.image import ImagePreprocessor, ImageSplit
+from modelyard.models import family_config
+from modelyard.paths import TaskPaths
 from modelyard.runtime import configure_environment
-from modelyard.training import loop
+from modelyard.training.precision import cpu_bf16_support, resolve_precision
 
 
 def plain_epochs(dataset_dir: Path, prepared_dir: Path, cfg, epochs: int) -> list[float]:
     """The same epoch written as a single plain PyTorch process: samples/s per epoch (train + validation)."""
-    from modelyard.data.augment import load_prepared
+    from modelyard.data.prepare import load_prepared
     from modelyard.models import build_model
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -48,10 +50,12 @@ def plain_epochs(dataset_dir: Path, prepared_dir: Path, cfg, epochs: int) -> lis
     split = load_split(dataset_dir, "train")
     images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels)
     train_idx, val_idx = torch.from_numpy(prepared.train_indices), torch.from_numpy(prepared.val_indices)
-    mode, _ = loop.resolve_precision(cfg.train.mixed_precision, torch.device("cpu"))
+    mode, _ = resolve_precision(cfg.train.mixed_precision, torch.device("cpu"))
     torch.manual_seed(cfg.train.seed)
-    model = build_model("cnn", width=cfg.model.width, dropout=cfg.model.dropout)
-    pre = ImagePreprocessor((28, 28, 1), (28, 28, 1), tuple(prepared.mean), tuple(prepared.std))
+    family = family_config(cfg.model)
+    model = build_model("cnn", in_channels=1, num_classes=10, width=family.width, dropout=family.dropout)
+    stats = prepared.statistics
+    pre = ImagePreprocessor((28, 28, 1), (28, 28, 1), tuple(stats["mean"]), tuple(stats["std"]))
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.train.learning_rate, momentum=cfg.train.momentum, nesterov=True,
@@ -85,7 +89,7 @@ def plain_epochs(dataset_dir: Path, prepared_dir: Path, cfg, epochs: int) -> lis
 def modelyard_epochs(dataset_dir: Path, prepared_dir: Path, cfg, out_dir: Path) -> tuple[list[float], object]:
     from modelyard.training.distributed import train
 
-    result = train(cfg, dataset_dir, prepared_dir, output_dir=out_dir)
+    result = train(cfg, family_config(cfg.model), dataset_dir, prepared_dir, out_dir)
     steps = [(h["train/samples_per_s"] * h["train/epoch_time_s"], h["epoch/wall_time_s"]) for h in result.history]
     return [samples / wall for samples, wall in steps], result
 
@@ -101,16 +105,23 @@ def main() -> None:
     configure_environment()  # the project's process settings (telemetry off, Ray's metrics collection off)
     os.environ.pop("RAY_ADDRESS", None)  # a local Ray, like `dvc repro`
 
-    full = fetch_dataset(DataConfig(data_dir=args.data_dir))
+    source = load_config("params.yaml", {"recipe": "fashion-cnn", "paths": {"data_dir": args.data_dir}})
+    stable = TaskPaths.of(source)
+    full = fetch_dataset(source.data, stable.dataset_dir, stable.raw_dir,
+                         local_dir=source.paths.local_source_dir)
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp:
         tmp = Path(tmp)
+        cfg = load_config("params.yaml", {
+            "recipe": "fashion-cnn", "train": {"epochs": args.epochs},
+            "paths": {"data_dir": str(tmp / "data"), "artifacts_dir": str(tmp)}})
+        paths = TaskPaths.of(cfg)
         train = load_split(full, "train")
-        dataset_dir = write_dataset(tmp / "fashion_mnist", {
+        dataset_dir = write_dataset(paths.dataset_dir, {
             "train": ImageSplit(train.images[:args.train_images], train.labels[:args.train_images]),
-            "test": load_split(full, "test")}, read_metadata(full)["classes"], source="bench subset", name="fashion_mnist")
-        cfg = load_config("params.yaml", {"train": {"epochs": args.epochs, "output_dir": str(tmp / "train")},
-                                          "augment": {"prepared_dir": str(tmp / "prepared")}})
-        prepared_dir = prepare_splits(dataset_dir, cfg.augment)
+            "test": load_split(full, "test")}, read_metadata(full)["classes"], source="bench subset",
+            name="fashion_mnist", modality="image")
+        prepared_dir = prepare_splits(dataset_dir, cfg.prepare, paths.prepared_dir)
+        out = paths.task_dir  # each training's output directory; Ray's checkpoints beside them
 
         plain_rates, ours_rates, explicit_rates, startups, breakdowns = [], [], [], [], []
         explicit = cfg.with_overrides({"train": {"num_workers": args.also_workers or 1}})
@@ -119,13 +130,13 @@ def main() -> None:
             rates = plain_epochs(dataset_dir, prepared_dir, cfg, args.epochs)
             plain_rates += rates[1:]
             lines.append(("plain PyTorch, 1 process", rates))
-            rates, result = modelyard_epochs(dataset_dir, prepared_dir, cfg, tmp / f"train-{round_}")
+            rates, result = modelyard_epochs(dataset_dir, prepared_dir, cfg, out / f"train-{round_}")
             ours_rates += rates[1:]
             startups.append(result.startup_s)
             breakdowns.append(result.startup_breakdown_s)
             lines.append((f"modelyard: {result.num_workers} worker(s) x {result.cpus_per_worker} CPU(s)", rates))
             if args.also_workers:
-                rates, res = modelyard_epochs(dataset_dir, prepared_dir, explicit, tmp / f"explicit-{round_}")
+                rates, res = modelyard_epochs(dataset_dir, prepared_dir, explicit, out / f"explicit-{round_}")
                 explicit_rates += rates[1:]
                 startups.append(res.startup_s)
                 breakdowns.append(res.startup_breakdown_s)
@@ -134,7 +145,7 @@ def main() -> None:
         plain_rates += rates[1:]
         lines.append(("plain PyTorch, 1 process", rates))
         print(f"cpu={platform.processor() or platform.machine()} cores={os.cpu_count()} "
-              f"native_bf16={loop.cpu_bf16_support()} precision={result.precision} images={args.train_images} "
+              f"native_bf16={cpu_bf16_support()} precision={result.precision} images={args.train_images} "
               f"epochs={args.epochs} batch={cfg.train.batch_size}; samples/s per epoch (train + validation):")
         for name, rates in lines:
             print(f"  {name:<52} {', '.join(f'{r:5.0f}' for r in rates)}")

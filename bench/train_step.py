@@ -28,14 +28,18 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from modelyard.config import DataConfig, load_config
-from modelyard.data.augment import AugmentPolicy
+from modelyard.config import load_config
 from modelyard.data.dataset import load_split
+from modelyard.data.datasets import get_dataset
 from modelyard.data.fetch import fetch_dataset
-from modelyard.data.preprocess import ImagePreprocessor
-from modelyard.models import build_model
+from modelyard.modalities import get_modality
+from modelyard.modalities.image import ImagePolicy
+from modelyard.modalities.image.preprocess import ImageBatches
+from modelyard.models import build_model, family_config
+from modelyard.paths import TaskPaths
 from modelyard.runtime import configure_environment
 from modelyard.training import loop
+from modelyard.training.precision import Precision, resolve_precision
 
 # family -> (recipe it comes from, model overrides, steps per chunk, chunks, batch) at `make bench`'s defaults
 FAMILIES = {
@@ -108,23 +112,23 @@ def bench_family(family: str, images, labels, dev, precision_mode: str, chunks: 
     recipe, model_overrides, chunk, default_chunks, default_batch = FAMILIES[family]
     chunks, batch = chunks or default_chunks, batch or default_batch
     cfg = load_config("params.yaml", {"recipe": recipe, **({"model": model_overrides} if model_overrides else {})})
-    fam, tc = cfg.model, cfg.train
-    source = (28, 28, 1)
-    shape = fam.input_shape(source)
-    fixed = fam.normalization() or ([0.286] * shape[2], [0.353] * shape[2], "Fashion-MNIST")
-    pre = ImagePreprocessor(source, shape, tuple(fixed[0]), tuple(fixed[1]))
+    fam, tc = family_config(cfg.model), cfg.train
+    # the family's preprocessor as training fits it: its size, channels and normalisation (Fashion-MNIST's
+    # statistics where it asks for none)
+    statistics = {"mean": [0.286], "std": [0.353]}
+    schema = get_dataset(cfg.data.dataset).schema
+    pre = get_modality("image").fit_preprocessor(fam.preprocessing(), statistics, schema)
+    shape = pre.input_shape
     pad = 2  # crop + flip for every family (the frozen backbone's step then sees augmented inputs, no cache)
-    policy = AugmentPolicy(crop_padding=pad, hflip_prob=0.5, erasing_prob=0.0)  # erasing has no plain twin here
-    mode, why = loop.resolve_precision(precision_mode, dev)
+    policy = ImagePolicy(crop_padding=pad, hflip_prob=0.5, erasing_prob=0.0)  # erasing has no plain twin here
+    mode, why = resolve_precision(precision_mode, dev)
     channels_last = tc.channels_last
-    precision = loop.Precision(device=dev, mode=mode, channels_last=channels_last)
-    spec_args = fam.builder_args(shape, 10)
+    precision = Precision(device=dev, mode=mode, channels_last=channels_last)
+    spec_args = fam.builder_args(pre.model_input(), 10)
 
     def make_step(kind: str):
         torch.manual_seed(0)
-        model = build_model(fam.name, **spec_args)
-        if fam.name == "transfer":
-            model.set_frozen(fam.frozen)
+        model = build_model(fam.name, **spec_args)  # a transfer model is built frozen or not, as configured
         model = model.to(dev)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -132,7 +136,7 @@ def bench_family(family: str, images, labels, dev, precision_mode: str, chunks: 
         groups = fam.param_groups(model)
         opt = loop.build_optimizer(groups, tc.learning_rate, tc.momentum, tc.weight_decay, tc.optimizer)
         gen = torch.Generator(device=dev).manual_seed(0)
-        batches = loop.ImageBatches(images, labels, pre, policy)
+        batches = loop.ResidentBatches({"images": images, "labels": labels}, ImageBatches(pre, policy))
         mean = torch.tensor(pre.mean, device=dev).view(1, -1, 1, 1)
         std = torch.tensor(pre.std, device=dev).view(1, -1, 1, 1)
 
@@ -156,19 +160,20 @@ def bench_family(family: str, images, labels, dev, precision_mode: str, chunks: 
 
 def bench_text_family(family: str, texts: list[str], text_labels, dev, precision_mode: str, chunks: int | None,
                       batch: int | None, sync):
-    from modelyard.data.augment import TextAugmentPolicy
+    from modelyard.modalities.text import TextPolicy
+    from modelyard.modalities.text.preprocess import TextBatches
 
     recipe, chunk, default_chunks, default_batch = TEXT_FAMILIES[family]
     chunks, batch = chunks or default_chunks, batch or default_batch
     cfg = load_config("params.yaml", {"recipe": recipe})
-    fam, tc = cfg.model, cfg.train
-    pre = fam.text_preprocessor()
+    fam, tc = family_config(cfg.model), cfg.train
+    pre = get_modality("text").fit_preprocessor(fam.preprocessing(), {}, get_dataset(cfg.data.dataset).schema)
     ids_np, lengths_np, _ = pre.tokenize(texts)
     ids, lengths = torch.from_numpy(ids_np).to(dev), torch.from_numpy(lengths_np).to(dev)
     labels = torch.from_numpy(text_labels).to(dev)
-    mode, why = loop.resolve_precision(precision_mode, dev)
-    precision = loop.Precision(device=dev, mode=mode)
-    spec_args = fam.builder_args(None, 2)
+    mode, why = resolve_precision(precision_mode, dev)
+    precision = Precision(device=dev, mode=mode)
+    spec_args = fam.builder_args(pre.model_input(), 2)
     clip = tc.grad_clip_norm
 
     def make_step(kind: str):
@@ -180,7 +185,8 @@ def bench_text_family(family: str, texts: list[str], text_labels, dev, precision
         groups = fam.param_groups(model)
         opt = loop.build_optimizer(groups, tc.learning_rate, tc.momentum, tc.weight_decay, tc.optimizer)
         gen = torch.Generator(device=dev).manual_seed(0)
-        batches = loop.TextBatches(ids, lengths, labels, TextAugmentPolicy(), pre.special_ids(), pre.pad_id)
+        batches = loop.ResidentBatches({"ids": ids, "lengths": lengths, "labels": labels},
+                                       TextBatches(pre, TextPolicy()))
 
         def run_chunk() -> None:
             rows = torch.randint(0, len(labels), (chunk * batch,), generator=gen, device=dev)
@@ -211,6 +217,13 @@ def bench_text_family(family: str, texts: list[str], text_labels, dev, precision
     return rates, mode, why, chunk * chunks, batch
 
 
+def dataset_dir(recipe: str, data_dir: str):
+    """The recipe's dataset under `data_dir` (raw downloads in `<data_dir>/raw`), fetched when missing."""
+    cfg = load_config("params.yaml", {"recipe": recipe, "paths": {"data_dir": data_dir}})
+    paths = TaskPaths.of(cfg)
+    return fetch_dataset(cfg.data, paths.dataset_dir, paths.raw_dir, local_dir=cfg.paths.local_source_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", nargs="+", choices=[*FAMILIES, *TEXT_FAMILIES],
@@ -234,12 +247,12 @@ def main() -> None:
     for family in args.family:
         if family in TEXT_FAMILIES:
             if sentences is None:
-                sentences = load_split(fetch_dataset(DataConfig(dataset="rt_polarity", data_dir=args.data_dir)), "train")
+                sentences = load_split(dataset_dir(TEXT_FAMILIES[family][0], args.data_dir), "train")
             rates, mode, why, steps, batch = bench_text_family(family, sentences.texts, sentences.labels, dev,
                                                                args.precision, args.chunks, args.batch, sync)
         else:
             if images is None:
-                train = load_split(fetch_dataset(DataConfig(data_dir=args.data_dir)), "train")
+                train = load_split(dataset_dir(FAMILIES[family][0], args.data_dir), "train")
                 images, labels = torch.from_numpy(train.images).to(dev), torch.from_numpy(train.labels).to(dev)
             rates, mode, why, steps, batch = bench_family(family, images, labels, dev, args.precision, args.chunks,
                                                           args.batch, sync)

@@ -53,6 +53,23 @@ class Loaded:
         return self.info["version"]
 
 
+# Defined before the deployment: @serve.deployment pickles the class as the module is imported, with the
+# module-level names it uses that exist by then.
+def _readable(model: Loaded, items: list[Any]) -> bool:
+    """Whether `model` (a challenger) takes inputs decoded for the champion; if not, the champion answers."""
+    try:
+        model.predictor.check_batch(model.codec.collate(items))
+    except InvalidInputError:
+        return False
+    return True
+
+
+async def _timed(awaitable: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = await awaitable
+    return result, (time.perf_counter() - start) * 1e3
+
+
 @serve.deployment(name="ModelServer", max_ongoing_requests=64, health_check_period_s=5)
 @serve.ingress(api)
 class ModelServer:
@@ -216,21 +233,6 @@ class ModelServer:
             return protocol.answer(await self._answer(items), many)
         except InvalidInputError as exc:
             return protocol.error(exc.code, exc.message, codec.statuses)
-
-
-def _readable(model: Loaded, items: list[Any]) -> bool:
-    """Whether `model` (a challenger) takes inputs decoded for the champion; if not, the champion answers."""
-    try:
-        model.predictor.check_batch(model.codec.collate(items))
-    except InvalidInputError:
-        return False
-    return True
-
-
-async def _timed(awaitable: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
-    result = await awaitable
-    return result, (time.perf_counter() - start) * 1e3
 
 
 def build_app(settings: AppSettings, version: str, *, challenger: str | None = None):

@@ -27,6 +27,26 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop(var, None)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uri_put_back():
+    """A test that points MLflow's fluent API somewhere (mlflow.set_tracking_uri, which also exports
+    MLFLOW_TRACKING_URI) leaves the next test the default it found."""
+    environment = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    import sys
+
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
     """One Prefect test harness (its own sqlite API server) for every flow run of the session: each start

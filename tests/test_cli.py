@@ -39,11 +39,12 @@ def served(fashion_mnist_dir, tmp_path_factory):
     from serving.deploy import deploy
 
     tmp = tmp_path_factory.mktemp("transfer")
-    params = write_params(small_config(tmp), tmp / "params.yaml")  # params.yaml's run, every path under tmp
+    base = small_config(tmp)
+    params = write_params(base, tmp / "params.yaml")  # params.yaml's run, every path under tmp
     run = cli("pipeline", "-p", str(params), "--recipe", "fashion-transfer", *LIMITS, timeout=1500)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     cfg = small_config(tmp, recipe="fashion-transfer", data={"train_limit": 2000, "test_limit": 500},
-                       train={"epochs": 8, "batch_size": 128})
+                       train={"epochs": 8, "batch_size": 128}, serve={"port": base.serve.port})
     registered = json.loads((TaskPaths.of(cfg).register_dir / "registration.json").read_text())
     try:
         yield cfg, registered, deploy(cfg.serve, cfg.registry, model_name=cfg.task_name), params

@@ -163,18 +163,22 @@ def test_exp_run_of_another_tasks_recipe_trains_it_apart(clone, flow_run, rt_pol
     repo, env = clone
     shutil.copytree(rt_polarity_dir.parent / "raw" / "rt_polarity", repo / "data" / "raw" / "rt_polarity",
                     dirs_exist_ok=True)
+    image_metrics = (repo / "artifacts/fashion_mnist/cnn/metrics.json").read_text()
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    run([*git, "add", "-A"], repo, env)  # dvc.lock and the .gitignore entries DVC wrote: what its user would do
+    run([*git, "commit", "-qm", "the flow's run, recorded in dvc.lock"], repo, env)
     refused = run(["dvc", "exp", "run", "-S", "recipe=rt-lstm"], repo, env, ok=False)
     assert refused.returncode != 0
     assert ("run `dvc exp run -S recipe=rt-lstm -S data.dataset=rt_polarity -S model.name=lstm`"
             in refused.stdout + refused.stderr)
-    image_metrics = (repo / "artifacts/fashion_mnist/cnn/metrics.json").read_text()
+    run(["git", "checkout", "--", "params.yaml"], repo, env)  # DVC leaves a refused run's -S edits in the file
     run(["dvc", "exp", "run", "-S", "recipe=rt-lstm", "-S", "data.dataset=rt_polarity", "-S", "model.name=lstm",
-         "-S", "data.train_limit=null", "-S", "train.epochs=3", "-S", "+prepare.augment.token_delete_prob=0.1"],
+         "-S", "data.train_limit=null", "-S", "train.epochs=4", "-S", "+prepare.augment.token_delete_prob=0.1"],
         repo, env)
     task = repo / "artifacts/rt_polarity/lstm"
     registration = json.loads((task / "register/registration.json").read_text())
     assert registration["name"] == "rt-polarity-lstm" and registration["alias"] == "champion"
-    assert len(json.loads((task / "train/history.json").read_text())) == 3  # the -S edit won over the recipe's 8
+    assert len(json.loads((task / "train/history.json").read_text())) == 4  # the -S edit won over the recipe's 8
     prepared = json.loads((task / "prepared/prepared.json").read_text())
     assert prepared["policy"] == {"token_delete_prob": 0.1, "token_swap_prob": 0.0}
     model = json.loads((task / "train/model/model.json").read_text())
@@ -182,8 +186,12 @@ def test_exp_run_of_another_tasks_recipe_trains_it_apart(clone, flow_run, rt_pol
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert {o["path"] for o in lock["stages"]["fetch"]["outs"]} == {"data/raw/rt_polarity", "data/rt_polarity"}
     metrics = json.loads((task / "metrics.json").read_text())["test"]
-    # 9,510 real sentences, 3 epochs from scratch: a model that learned (chance is 0.50 on 500 test sentences).
+    # 9,510 real sentences, 4 epochs from scratch: a model that learned (chance is 0.50 on 500 test sentences).
     assert metrics["count"] == 500 and metrics["accuracy"] >= 0.66, metrics
-    assert (repo / "artifacts/fashion_mnist/cnn/metrics.json").read_text() == image_metrics  # the other task's
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
     assert "rt-lstm" in json.dumps(shown)  # the experiment records the recipe among its params
+    # The workspace now holds the experiment's task; the image task's run is back from DVC's cache in one step.
+    run(["git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock"], repo, env)
+    run(["dvc", "checkout"], repo, env)
+    assert (repo / "artifacts/fashion_mnist/cnn/metrics.json").read_text() == image_metrics
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo, env).stdout

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelyard.registry.store import client, use
+from modelyard.registry.store import client, using
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,13 @@ def log_model(tracking_uri: str, run_id: str, model_dir: str | os.PathLike[str],
     modelyard's own code is logged with the model (`code/modelyard/`), so `mlflow.pyfunc.load_model` works
     in any environment that has the pip requirements, not only in this project's virtual environment.
     """
+    import mlflow
     import mlflow.pyfunc
 
-    import mlflow
     import modelyard
     from modelyard.registry.pyfunc import ClassifierModel
 
-    use(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with using(tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT_NAME,
             python_model=ClassifierModel(),
@@ -109,9 +108,9 @@ def download_model_dir(tracking_uri: str, name: str, *, dst_dir: str | os.PathLi
     if info is None:
         what = f"alias '{alias}'" if alias else f"version {version}"
         raise LookupError(f"registered model '{name}' has no {what} at {tracking_uri}")
-    use(tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{info.version}",
-                                                     dst_path=str(dst_dir)))
+    with using(tracking_uri):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{info.version}",
+                                                         dst_path=str(dst_dir)))
     specs = list(local.rglob("model.json"))
     if not specs:
         raise LookupError(f"models:/{name}/{info.version} holds no modelyard model (no model.json)")

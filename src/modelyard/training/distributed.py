@@ -9,6 +9,7 @@ process through a queue and are logged here, where the caller's log (a Prefect f
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -269,7 +270,10 @@ class _LogRelay:
 
         self.queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._drain_until_stopped, name="worker-log-relay", daemon=True)
+        # The caller's context goes with the thread: a Prefect task run's, so the lines land in its log.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._drain_until_stopped,), name="worker-log-relay",
+                                        daemon=True)
         self._thread.start()
         return self
 
