@@ -18,8 +18,8 @@ PREDICT_ERRORS = {
     408: {"description": "the body did not arrive in time (a client sending too slowly)", "content": ERROR_BODY},
     413: {"description": "body, file, text or series over the limits in the summary", "content": ERROR_BODY},
     415: {"description": "wrong content type, or a file that is not an image", "content": ERROR_BODY},
-    422: {"description": "well-formed but unusable: a missing field, wrong types or shapes, a blank text, a tiny "
-                         "image", "content": ERROR_BODY},
+    422: {"description": "well-formed but unusable: a missing field, wrong types or shapes, a value out of range, "
+                         "a blank text, a tiny image", "content": ERROR_BODY},
     503: {"description": "the model is still loading", "content": ERROR_BODY},
     **AUTH_ERROR,
 }

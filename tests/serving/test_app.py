@@ -252,6 +252,73 @@ def test_every_task_is_its_own_app_listed_at_the_root(served, test_sample):
         serve.delete(other)
 
 
+def test_a_series_task_is_served_as_json_with_every_bad_shape_a_documented_4xx(served, tmp_path):
+    """The third modality through the same app: an FCN trained here on real JapaneseVowels utterances, its
+    champion served beside the image task. One utterance and a batch are answered as the model answers in this
+    process; each bad shape gets its documented code; schemathesis finds nothing against its schema."""
+    from ray import serve
+
+    from helpers.data import fetched
+    from helpers.paths import REPO
+    from modelyard.artifact import save_model_dir
+    from modelyard.config import AppConfig, load_config
+    from modelyard.data.dataset import load_split
+    from modelyard.data.prepare import prepare_splits
+    from modelyard.inference.predictor import Predictor
+    from modelyard.modalities import get_modality
+    from modelyard.models import family_config
+    from modelyard.registry import tracking, versions
+    from modelyard.training.local import train_local
+    from serving.deploy import deploy
+
+    cfg, uri, _, _ = served
+    vowels = fetched("japanese_vowels")
+    task_cfg = load_config(REPO / "params.yaml", {"recipe": "vowels-fcn", "train": {"epochs": 10}})
+    model, spec, _, _ = train_local(task_cfg, family_config(task_cfg.model), vowels,
+                                    prepare_splits(vowels, task_cfg.prepare, tmp_path / "prepared"))
+    model_dir = save_model_dir(model, spec, tmp_path / "model")
+    test = load_split(vowels, "test")
+    name = "japanese-vowels-serving"
+    run_id = tracking.start_run(uri, cfg.registry.experiment, params={"model": "fcn"})
+    version = versions.log_model(uri, run_id, model_dir, name, pip_requirements=["torch"],
+                                 input_example=get_modality("series").input_example(test, 2))
+    versions.set_alias(uri, name, "champion", version)
+    base = deploy(cfg.serve.model_copy(update={"apps": {name: AppConfig(replicas=1)}}), cfg.registry,
+                  model_name=name, tracking_uri=uri)["url"]
+    try:
+        rows = list(range(0, len(test), 37))  # 10 utterances of several speakers and lengths
+        local = Predictor.from_dir(model_dir).predict([test.series[i] for i in rows])
+        expected = [p.label for p in local]
+        one = requests.post(f"{base}/predict", json={"series": test.series[rows[0]].tolist()}, timeout=60)
+        assert one.status_code == 200, one.text
+        assert one.json()["label"] == expected[0] and one.json()["model"] == {"name": name, "version": version}
+        many = requests.post(f"{base}/predict", json={"batch": [test.series[i].tolist() for i in rows]}, timeout=60)
+        assert many.status_code == 200, many.text
+        assert [p["label"] for p in many.json()["predictions"]] == expected
+        assert sum(p.index == test.labels[i] for p, i in zip(local, rows)) >= 8  # it learnt the speakers
+
+        frame = test.series[rows[0]][0].tolist()
+        bad = {"bad_channels": (422, {"series": [frame[:11]] * 10}),
+               "bad_shape": (422, {"series": [frame, frame[:3]]}),
+               "missing_series": (422, {"frames": [frame]}),
+               "series_too_long": (413, {"series": [frame] * 1000}),
+               "too_many_series": (413, {"batch": [[frame]] * 65})}
+        for code, (status, body) in bad.items():
+            resp = requests.post(f"{base}/predict", json=body, timeout=60)
+            assert (resp.status_code, resp.json()["error"]) == (status, code), resp.text
+        nan = requests.post(f"{base}/predict", data='{"series": [[NaN' + ", 0" * 11 + "]]}",
+                            headers={"content-type": "application/json"}, timeout=60)
+        assert (nan.status_code, nan.json()["error"]) == (422, "not_finite")
+        assert requests.post(f"{base}/predict", data=b"1,2,3", timeout=60).json()["error"] == "not_json"
+
+        schema = requests.get(f"{base}/openapi.json", timeout=10).json()
+        assert set(schema["paths"]["/predict"]["post"]["requestBody"]["content"]) == {"application/json"}
+        result = fuzz_openapi(base, tmp_path, max_time_s=15)
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    finally:
+        serve.delete(name)
+
+
 def test_openapi_documents_every_answer_and_survives_fuzzing(served, tmp_path):
     """schemathesis reads the app's schema and sends what it allows and what it does not, with every check on:
     no 5xx, no undocumented status code, every 4xx body matches the documented {"error", "detail"}."""

@@ -36,9 +36,16 @@ def _checkpoints(storage: Path) -> list[Path]:
     return [p for p in storage.glob("train-*/checkpoint_*") if p.is_dir()]
 
 
+def _registered(storage: Path) -> bool:
+    """Ray Train's controller has taken a checkpoint into its books (it writes this snapshot when it does): a
+    checkpoint folder on disk alone is not yet one a restarted worker group is given."""
+    return any(storage.glob("train-*/checkpoint_manager_snapshot.json"))
+
+
 class WorkerKiller(threading.Thread):
-    """Waits for the first epoch's checkpoint, lets the next epoch run `delay_s`, then SIGKILLs one Ray Train
-    worker process, noting whether the second checkpoint was still missing (the kill was mid-epoch)."""
+    """Waits until the first epoch's checkpoint is registered, lets the next epoch run `delay_s`, then SIGKILLs
+    one Ray Train worker process, noting whether the second checkpoint was still missing (the kill was
+    mid-epoch)."""
 
     def __init__(self, storage: Path, delay_s: float) -> None:
         super().__init__(daemon=True)
@@ -63,9 +70,9 @@ class WorkerKiller(threading.Thread):
                                       filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])  # /tmp/ray's
                 time.sleep(0.5)
             pid = workers[0].pid
-            while not _checkpoints(self.storage):
+            while not _registered(self.storage):
                 if time.monotonic() > deadline:
-                    raise TimeoutError("no checkpoint within 300 s")
+                    raise TimeoutError("no registered checkpoint within 300 s")
                 time.sleep(0.2)
             time.sleep(self.delay_s)
             self.checkpoints_at_kill = len(_checkpoints(self.storage))
@@ -81,7 +88,8 @@ def _run(tmp: Path, dataset_dir: Path, kill_after_s: float | None):
     from modelyard.runtime import connect_ray
     from modelyard.training.distributed import train
 
-    cfg = small_config(tmp, train={"epochs": EPOCHS, "num_workers": 2, "max_failures": 2})
+    # Small batches, so that an epoch lasts seconds even where bf16 is native: room to land the kill inside one.
+    cfg = small_config(tmp, train={"epochs": EPOCHS, "num_workers": 2, "max_failures": 2, "batch_size": 32})
     paths = TaskPaths.of(cfg)
     prepared = prepare_splits(dataset_dir, cfg.prepare, paths.prepared_dir)
     uri = cfg.registry.resolved_tracking_uri()
@@ -110,7 +118,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_and_matches_an_un
 
     _, calm, _, _, _ = _run(tmp_path / "calm", small_dataset_dir, None)
     epoch_s = calm.history[1]["epoch/wall_time_s"]
-    cfg, hit, uri, run_id, killer = _run(tmp_path / "hit", small_dataset_dir, kill_after_s=epoch_s / 2)
+    cfg, hit, uri, run_id, killer = _run(tmp_path / "hit", small_dataset_dir, kill_after_s=epoch_s / 3)
 
     assert killer.error is None, killer.error
     assert killer.killed_pid and killer.checkpoints_at_kill == 1, "the kill did not land inside the second epoch"

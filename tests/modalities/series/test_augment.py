@@ -57,7 +57,7 @@ def test_a_warp_probability_of_zero_or_no_generator_draw_changes_nothing(vowels)
 def test_training_batches_are_normalised_augmented_and_reproducible(vowels):
     mean = torch.cat([torch.from_numpy(s) for s in vowels.series]).mean(0)
     std = torch.cat([torch.from_numpy(s) for s in vowels.series]).std(0)
-    pre = SeriesPreprocessor(12, tuple(mean.tolist()), tuple(std.tolist()), max_length=64)
+    pre = SeriesPreprocessor(12, tuple(mean.tolist()), tuple(std.tolist()), max_length=64, max_abs_value=1e4)
     values, mask = pad(vowels.series, 12)
     rows = {"values": torch.from_numpy(values), "lengths": torch.from_numpy(mask.sum(1)),
             "labels": torch.from_numpy(vowels.labels)}

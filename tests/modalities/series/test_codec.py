@@ -50,6 +50,12 @@ def test_one_series_and_a_batch_decode_to_the_real_frames(vowels, codec):
     (body({"series": []}), JSON, "bad_shape"),
     (body({"series": [[0.0] * 12] * 117}), JSON, "series_too_long"),
     (b'{"series": [[NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]}', JSON, "not_finite"),
+    (body({"series": [[1e39] + [0.0] * 11]}), JSON, "not_finite"),  # past float32's range
+    (body({"series": [[2e4] + [0.0] * 11]}), JSON, "value_out_of_range"),  # past the dataset's bound, 1e4
+    (body({"series": [[10**400] + [0] * 11]}), JSON, "not_finite"),  # past float64's
+    (body({"series": [[False] + [0.0] * 11]}), JSON, "bad_type"),  # JSON's booleans are not numbers
+    (body({"series": [["1.5"] + [0.0] * 11]}), JSON, "bad_type"),
+    (body({"batch": [[[0.0] * 12], [[None] * 12]]}), JSON, "bad_type"),
 ])
 def test_every_bad_body_is_refused_with_its_documented_code(codec, raw, content_type, code):
     with pytest.raises(InvalidInputError) as exc:
@@ -66,4 +72,6 @@ def test_the_request_body_documents_both_shapes_and_the_limits(codec):
     assert one["maxItems"] == codec.preprocessor.max_length and one["items"]["minItems"] == 12 == \
         one["items"]["maxItems"]
     assert schema[1]["properties"]["batch"]["maxItems"] == 8
-    assert "12 finite numbers" in codec.summary()
+    bound = codec.preprocessor.max_abs_value
+    assert one["items"]["items"] == {"type": "number", "minimum": -bound, "maximum": bound}
+    assert "12 numbers each, within ±10000" in codec.summary()

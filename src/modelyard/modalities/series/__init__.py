@@ -65,7 +65,8 @@ class SeriesModality(Modality):
         longest training series."""
         max_length = request.get("max_length") or LENGTH_HEADROOM * int(statistics["max_length"])
         return SeriesPreprocessor(channels=schema.channels, mean=tuple(statistics["mean"]),
-                                  std=tuple(statistics["std"]), max_length=int(max_length))
+                                  std=tuple(statistics["std"]), max_length=int(max_length),
+                                  max_abs_value=schema.max_abs_value)
 
     def preprocessor_from_dict(self, doc: Mapping[str, Any]) -> SeriesPreprocessor:
         return SeriesPreprocessor.from_dict(doc)

@@ -14,7 +14,7 @@ class SeriesCodec(Codec):
     wrong_type: ClassVar[str] = "not_json"
     statuses: ClassVar[dict[str, int]] = STATUSES | {
         "missing_series": 422, "bad_type": 422, "bad_shape": 422, "bad_channels": 422, "empty_series": 422,
-        "not_finite": 422, "series_too_long": 413, "too_many_series": 413}
+        "not_finite": 422, "value_out_of_range": 422, "series_too_long": 413, "too_many_series": 413}
 
     def decode(self, body: bytes, content_type: str) -> tuple[list[Any], bool]:
         doc = json_object(body, content_type, 'series: {"series": [[...], ...]} or {"batch": [...]}')
@@ -28,14 +28,19 @@ class SeriesCodec(Codec):
         if many and not 1 <= len(batch) <= self.limits.max_items:
             raise InvalidInputError("too_many_series" if batch else "missing_series",
                                     f'"batch" holds {len(batch)} series; send 1 to {self.limits.max_items}')
+        for i, series in enumerate(batch):
+            if not all(isinstance(frame, list) and all(type(v) in (int, float) for v in frame) for frame in series):
+                raise InvalidInputError("bad_type", f"series {i}: every frame must be a list of numbers "
+                                                    "(not strings, booleans or nulls)")
         return self.preprocessor.check_batch(batch), many
 
     def collate(self, items: list[Any]) -> list[Any]:
         return list(items)
 
     def _series_schema(self) -> dict[str, Any]:
-        frame = {"type": "array", "items": {"type": "number"}, "minItems": self.preprocessor.channels,
-                 "maxItems": self.preprocessor.channels}
+        bound = self.preprocessor.max_abs_value
+        frame = {"type": "array", "items": {"type": "number", "minimum": -bound, "maximum": bound},
+                 "minItems": self.preprocessor.channels, "maxItems": self.preprocessor.channels}
         return {"type": "array", "items": frame, "minItems": 1, "maxItems": self.preprocessor.max_length}
 
     def request_body(self) -> dict[str, Any]:
@@ -48,6 +53,6 @@ class SeriesCodec(Codec):
 
     def summary(self) -> str:
         p = self.preprocessor
-        return (f'Send JSON {{"series": [[...], ...]}}: 1 to {p.max_length} frames of {p.channels} finite numbers '
-                f'each, or {{"batch": [...]}} with 1 to {self.limits.max_items} series; bodies over '
+        return (f'Send JSON {{"series": [[...], ...]}}: 1 to {p.max_length} frames of {p.channels} numbers '
+                f'each, within ±{p.max_abs_value:g}, or {{"batch": [...]}} with 1 to {self.limits.max_items} series; bodies over '
                 f"{self.limits.max_body_bytes:,} bytes get 413.")

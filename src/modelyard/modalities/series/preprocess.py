@@ -24,6 +24,7 @@ class SeriesPreprocessor(Preprocessor):
     mean: tuple[float, ...]  # per channel, of the training frames
     std: tuple[float, ...]
     max_length: int  # frames; a longer series is refused (serving) or cut (training)
+    max_abs_value: float  # the dataset's bound on a value (its GX suite's); a larger one is refused
 
     kind: ClassVar[str] = "series"
 
@@ -34,6 +35,8 @@ class SeriesPreprocessor(Preprocessor):
             raise ValueError(f"std must be positive, got {list(self.std)}")
         if self.max_length < 1:
             raise ValueError(f"max_length must be at least 1 frame, got {self.max_length}")
+        if not 0 < self.max_abs_value < np.finfo(np.float32).max:
+            raise ValueError(f"max_abs_value must be positive and finite in float32, got {self.max_abs_value}")
 
     def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """mean/std as (1, 1, C) tensors on `device`, made once (not copied from the host every step)."""
@@ -63,7 +66,10 @@ class SeriesPreprocessor(Preprocessor):
 
     def _check_one(self, i: int, series: Any) -> np.ndarray:
         try:
-            array = np.asarray(series, dtype=np.float32)
+            with np.errstate(over="ignore"):  # a value past float32's range becomes inf, refused below
+                array = np.asarray(series, dtype=np.float32)
+        except OverflowError:  # an integer past float64's range
+            raise InvalidInputError("not_finite", f"series {i} holds a number beyond float32's range") from None
         except (TypeError, ValueError):
             raise InvalidInputError("bad_shape", f"series {i} is not a grid of numbers: every frame must hold "
                                                  f"{self.channels} numbers") from None
@@ -77,7 +83,10 @@ class SeriesPreprocessor(Preprocessor):
         if len(array) > self.max_length:
             raise InvalidInputError("series_too_long", f"series {i} has {len(array)} frames; at most {self.max_length}")
         if not np.isfinite(array).all():
-            raise InvalidInputError("not_finite", f"series {i} holds NaN or infinite values")
+            raise InvalidInputError("not_finite", f"series {i} holds NaN, infinite or values beyond float32's range")
+        if np.abs(array).max() > self.max_abs_value:
+            raise InvalidInputError("value_out_of_range", f"series {i} holds a value of magnitude "
+                                                          f"{np.abs(array).max():g}; at most {self.max_abs_value:g}")
         return array
 
     def feeds(self, series: list[np.ndarray], batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
@@ -106,7 +115,7 @@ class SeriesPreprocessor(Preprocessor):
         if doc.get("kind") != cls.kind:
             raise ValueError(f"not a series preprocessor: kind {doc.get('kind')!r}")
         return cls(channels=int(doc["channels"]), mean=tuple(doc["mean"]), std=tuple(doc["std"]),
-                   max_length=int(doc["max_length"]))
+                   max_length=int(doc["max_length"]), max_abs_value=float(doc["max_abs_value"]))
 
 
 def pad(series: list[np.ndarray], channels: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
