@@ -51,7 +51,7 @@ def test_bf16_on_a_cpu_that_emulates_it_runs_with_a_warning_that_says_how_slow(m
     monkeypatch.setattr(precision, "cpu_bf16_support", lambda: None)
     with caplog.at_level("WARNING", logger="modelyard.training.precision"):
         assert resolve_precision("bf16", CPU)[0] == "bf16"
-    assert "emulated" in caplog.text and "13x slower than fp32" in caplog.text
+    assert "emulated" in caplog.text and "slower than in fp32" in caplog.text
 
 
 def test_fp16_on_cpu_is_refused_when_resolving():

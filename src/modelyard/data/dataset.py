@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from modelyard.modalities import Modality, Split, get_modality
 
 FORMAT = "modelyard-dataset/2"
@@ -40,8 +42,23 @@ def read_metadata(dataset_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def modality_of(meta: dict[str, Any]) -> Modality:
-    """The modality a dataset's metadata names (copies written before modalities were named are images)."""
-    return get_modality(meta.get("modality", "image"))
+    """The modality a dataset's metadata names."""
+    if "modality" not in meta:
+        raise ValueError(f"dataset {meta.get('name', '?')!r} names no modality in its dataset.json (written by an "
+                         "older modelyard): fetch it again")
+    return get_modality(meta["modality"])
+
+
+def stratified_cut(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, cut): `fraction` of each class's rows, drawn by `rng`, and the others; class by class, unsorted."""
+    rest, cut = [], []
+    for cls in np.unique(labels):
+        rows = np.flatnonzero(labels == cls)
+        rng.shuffle(rows)
+        n_cut = int(round(len(rows) * fraction))
+        cut.append(rows[:n_cut])
+        rest.append(rows[n_cut:])
+    return np.concatenate(rest), np.concatenate(cut)
 
 
 def load_split(dataset_dir: str | os.PathLike[str], split: str) -> Split:

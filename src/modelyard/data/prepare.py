@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.config import PrepareConfig
-from modelyard.data.dataset import DatasetError, load_split, modality_of, read_metadata
+from modelyard.data.dataset import DatasetError, load_split, modality_of, read_metadata, stratified_cut
 from modelyard.data.datasets import get_dataset
 from modelyard.modalities import Policy, get_modality
 
@@ -99,18 +99,11 @@ def load_prepared(prepared_dir: str | os.PathLike[str]) -> Prepared:
     with np.load(prepared_dir / "split.npz") as npz:
         train_idx, val_idx = npz["train"], npz["val"]
     return Prepared(dataset=doc["dataset"], train_indices=train_idx, val_indices=val_idx,
-                    statistics=doc.get("statistics", doc.get("normalization", {})),
-                    policy=get_modality(doc.get("modality", "image")).policy_from_dict(doc["policy"]), seed=doc["seed"])
+                    statistics=doc["statistics"], policy=get_modality(doc["modality"]).policy_from_dict(doc["policy"]),
+                    seed=doc["seed"])
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-class seeded shuffle, so train and val keep the class balance. Returns sorted index arrays."""
-    rng = np.random.default_rng(seed)
-    train_parts, val_parts = [], []
-    for cls in np.unique(labels):
-        idx = np.flatnonzero(labels == cls)
-        rng.shuffle(idx)
-        n_val = int(round(len(idx) * val_fraction))
-        val_parts.append(idx[:n_val])
-        train_parts.append(idx[n_val:])
-    return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
+    train, val = stratified_cut(labels, val_fraction, np.random.default_rng(seed))
+    return np.sort(train), np.sort(val)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -19,3 +20,15 @@ def first_of_each_class(labels: np.ndarray, classes: list[str]) -> Iterator[tupl
         hits = np.flatnonzero(np.asarray(labels) == index)
         if len(hits):
             yield label, int(hits[0])
+
+
+def write_first_of_each_class(labels: np.ndarray, classes: list[str], out_dir: Path, suffix: str,
+                              write: Callable[[Path, int], None]) -> list[Path]:
+    """`out_dir/<class><suffix>` for every class, `write(path, row)` filling it from that class's first row."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label, row in first_of_each_class(labels, classes):
+        path = out_dir / f"{slug(label)}{suffix}"
+        write(path, row)
+        written.append(path)
+    return written

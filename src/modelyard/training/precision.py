@@ -14,9 +14,6 @@ import torch
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# Measured on a 2-core AMD EPYC with AVX2 only: the CNN's training step ran 12.8x slower under bf16
-# autocast than in fp32 (57 vs 727 samples/s); with AVX512_BF16 it ran 2.6x faster instead.
-EMULATED_BF16_SLOWDOWN = 12.8
 
 
 def cpu_bf16_support() -> str | None:
@@ -68,8 +65,8 @@ def resolve_precision(mode: str, device: torch.device) -> tuple[str, str]:
     if mode == "bf16" and not native:
         log.warning(
             "train.mixed_precision=bf16 on a CPU without native bf16 (no AVX512_BF16 or AMX): bf16 is emulated "
-            "and a step typically runs about %.0fx slower than fp32; set train.mixed_precision=auto or none",
-            EMULATED_BF16_SLOWDOWN,
+            "and a step runs many times slower than in fp32 (the README gives a measurement); set "
+            "train.mixed_precision=auto or none"
         )
         return "bf16", "as configured (emulated on this CPU: slow)"
     return mode, "as configured"

