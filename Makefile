@@ -75,7 +75,7 @@ reliability: setup  ## only the faults, minutes of load and hostile input, each 
 	$(BIN)/python -m pytest tests -m reliability -s --durations=0
 
 test-fast: setup  ## what needs no server and no training (seconds)
-	$(BIN)/python -m pytest tests -m "not slow and not integration and not stack and not reliability"
+	$(BIN)/python -m pytest tests -m "not slow and not integration and not stack and not reliability and not gpu"
 
 repro: setup  ## dvc repro with the embedded defaults (no server needed)
 	env -u MLFLOW_TRACKING_URI -u RAY_ADDRESS -u PREFECT_API_URL PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

@@ -68,6 +68,19 @@ def test_the_fetch_stage_runs_no_model_code_and_training_runs_the_families():
     assert SRC / "modelyard" / "training" / "distributed.py" in code_of_stage("train")  # imported inside a function
 
 
+def test_git_ignores_every_datasets_folder_and_what_dvc_writes_but_not_the_data_readme():
+    """Fetching any dataset (the README's commands, `make bench`) must leave `git status` clean: a folder git
+    does not ignore would be copied into the clones below, where DVC refuses to track what git tracks."""
+    from modelyard.data.datasets import dataset_names
+
+    paths = [f"data/{name}/dataset.json" for name in dataset_names()] + [
+        f"data/raw/{name}/SOURCE" for name in dataset_names()] + [
+        "data/samples/japanese_vowels/speaker-1.json", "artifacts/fashion_mnist/cnn/metrics.json"]
+    check = subprocess.run(["git", "check-ignore", "--no-index", *paths, "data/README.md"], cwd=REPO,
+                           capture_output=True, text=True)
+    assert set(check.stdout.split()) == set(paths)  # every one ignored, and the README not
+
+
 # ---- the real thing, in a copy of the repository -------------------------------------------------------
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], ok: bool = True) -> subprocess.CompletedProcess:
