@@ -4,6 +4,8 @@ person edited."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from prefect.utilities.callables import parameter_schema
 
@@ -111,3 +113,57 @@ def test_a_field_the_family_lacks_is_refused_where_the_run_enters():
 
     with pytest.raises(ParameterTypeError, match="recipe"):  # the flow's parameters refuse an unknown recipe
         training_pipeline.validate_parameters({"recipe": "fashion-gan"})
+
+
+# A flow run's parameters come from whoever reaches the Prefect API; the run executes as the runner. The
+# audit's attacks, each refused where the run enters (before any stage runs).
+
+def test_a_flow_run_cannot_point_the_dataset_reader_at_a_folder_of_its_choosing(tmp_path):
+    from prefect.exceptions import ParameterTypeError
+
+    attack = {"dataset": "cifar10", "raw_dir": str(tmp_path), "local_dir": str(tmp_path)}
+    with pytest.raises(ParameterTypeError, match="raw_dir"):
+        training_pipeline.validate_parameters({"data": attack})
+    with pytest.raises(ValueError, match="raw_dir"):
+        config_from_form(PARAMS, NO_RECIPE, form_defaults(PARAMS) | {"data": attack})
+    from prefect.exceptions import SignatureMismatchError
+
+    with pytest.raises(SignatureMismatchError):  # nor any path section, nor the parameter file
+        training_pipeline.validate_parameters({"paths": {"raw_dir": str(tmp_path)}, "params_path": "/etc/x.yaml"})
+
+
+@pytest.mark.parametrize("family, field", [("transfer", "weights"), ("bert", "pretrained"), ("lstm", "tokenizer")])
+def test_a_flow_run_cannot_name_a_file_outside_the_data_and_artifact_roots(family, field, tmp_path):
+    from modelyard.forms import FormError
+
+    outside = tmp_path / "weights.pt"
+    outside.write_bytes(b"\x80\x04K\x01.")  # a file that exists: the family's own check lets it through
+    with pytest.raises(FormError, match=rf"model\.{field}=.*outside the runner's data and artifact roots"):
+        config_from_form(PARAMS, NO_RECIPE, form_defaults(PARAMS) | {"model": {"name": family, field: str(outside)}})
+    climb = "data/" + os.path.relpath(outside, REPO / "data")  # data/../../tmp/...: a file that exists
+    with pytest.raises(FormError, match="outside"):  # nor by climbing out of a root
+        config_from_form(PARAMS, NO_RECIPE,
+                         form_defaults(PARAMS) | {"model": {"name": family, field: climb}})
+
+
+def test_a_file_inside_the_roots_and_the_named_choices_are_accepted(tmp_path):
+    inside = REPO / "artifacts" / "weights-for-a-form-test.pt"
+    inside.write_bytes(b"")
+    try:
+        cfg = config_from_form(PARAMS, NO_RECIPE, form_defaults(PARAMS) | {"model": {"name": "transfer",
+                                                                                     "weights": str(inside)}})
+        assert cfg.model.fields["weights"] == str(inside)
+    finally:
+        inside.unlink()
+    cfg = config_from_form(PARAMS, NO_RECIPE, form_defaults(PARAMS) | {"model": {"name": "bert",
+                                                                                 "pretrained": "all-MiniLM-L6-v2"}})
+    assert cfg.model.fields["pretrained"] == "all-MiniLM-L6-v2"
+
+
+def test_a_flow_run_cannot_move_the_registry_elsewhere(tmp_path):
+    from modelyard.forms import FormError
+
+    prefilled = form_defaults(PARAMS)
+    for uri in (f"sqlite:///{tmp_path}/other.db", "http://203.0.113.7:5000"):
+        with pytest.raises(FormError, match="registry.tracking_uri is the runner's setting"):
+            config_from_form(PARAMS, NO_RECIPE, prefilled | {"registry": {**prefilled["registry"], "tracking_uri": uri}})

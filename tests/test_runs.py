@@ -89,10 +89,13 @@ def test_pruning_keeps_the_newest_finished_runs_the_live_ones_and_latest(tmp_pat
     other_host = run_dir(2, "running")  # another host's: only that host can tell
     finished = [run_dir(m, "succeeded" if m % 2 else "failed") for m in range(10, 20)]
     (root / "latest").symlink_to(finished[0].name)
+    foreign = root / "20261126T100500Z-not-a-run"  # no run.json: someone else's folder, named like a run
+    (foreign / "kept").mkdir(parents=True)
     removed = prune(root, keep=3)
     assert sorted(removed) == sorted([*finished[:-3][1:], killed])
-    assert {p.name for p in root.iterdir()} == {"latest", *(d.name for d in (live, other_host, finished[0],
-                                                                            *finished[-3:]))}
+    assert {p.name for p in root.iterdir()} == {"latest", foreign.name, *(d.name for d in (
+        live, other_host, finished[0], *finished[-3:]))}
+    assert (foreign / "kept").is_dir()
 
 
 def test_a_run_starts_from_the_dataset_at_the_stable_path_when_it_is_the_cut_asked_for(tmp_path, small_dataset_dir):

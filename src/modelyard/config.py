@@ -40,6 +40,20 @@ def _enum_of(package: str):
     return extra
 
 
+# Markers on fields that a flow run's parameters (anyone who can reach the Prefect API) may not set freely:
+# a `path` field may name only files inside the runner's data and artifact roots (or a named choice such as
+# `auto`); a `runner` field is the runner's own (its params file and environment) and refuses any change.
+PATH_FIELD = {"x-modelyard": "path"}
+RUNNER_FIELD = {"x-modelyard": "runner"}
+
+
+def field_marker(model: type[BaseModel], key: str) -> str | None:
+    """`path`, `runner` or None: the marker `key`'s field of `model` carries."""
+    field = model.model_fields.get(key)
+    extra = field.json_schema_extra if field is not None else None
+    return extra.get("x-modelyard") if isinstance(extra, dict) else None
+
+
 def _known(package: str, kind: str, name: str) -> str:
     names = member_names(package)
     if name not in names:
@@ -191,7 +205,9 @@ class EvaluateConfig(_Section):
 class RegistryConfig(_Section):
     """Where MLflow lives and how models are named and promoted."""
 
-    tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db.")
+    tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db. "
+                                                       "The runner's own: a flow run cannot change it.",
+                                     json_schema_extra=RUNNER_FIELD)
     experiment: str = "modelyard"
     model_name: str = Field(
         "auto", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",

@@ -9,9 +9,12 @@ the recipe.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
-from modelyard.config import PipelineConfig, changed_sections, load_config
+from pydantic import BaseModel
+
+from modelyard.config import ConfigError, PipelineConfig, changed_sections, field_marker, load_config
 from modelyard.models import family_config
 
 FORM_SECTIONS = ("model", "train", "data", "prepare", "registry")
@@ -30,6 +33,37 @@ def config_from_form(params_path: str | os.PathLike[str], recipe: str | None, se
     family here, where the run enters."""
     recipe = None if recipe in (None, NO_RECIPE) else recipe
     cfg = load_config(params_path, {"recipe": recipe} if recipe else None)
-    cfg = cfg.with_overrides(changed_sections(sections, form_defaults(params_path)))
+    changed = changed_sections(sections, form_defaults(params_path))
+    cfg = cfg.with_overrides(changed)
     family_config(cfg.model)
+    refuse_paths_outside_roots(cfg, changed)
     return cfg
+
+
+class FormError(ConfigError):
+    """A flow run's parameters ask for something only the runner's own files may set."""
+
+
+def refuse_paths_outside_roots(cfg: PipelineConfig, changed: dict[str, Any]) -> None:
+    """A flow run's parameters come from whoever reaches the Prefect API, and the run executes as the runner:
+    a changed `path` field (weights, a tokenizer folder) must name a file inside the runner's data or artifact
+    roots or be one of the field's named choices (`auto`, a hub id), and a `runner` field (the tracking URI)
+    cannot change at all. Raises FormError naming the field."""
+    roots = [Path(cfg.paths.data_dir).resolve(), Path(cfg.paths.artifacts_dir).resolve()]
+    for section, values in changed.items():
+        model: type[BaseModel] = type(family_config(cfg.model)) if section == "model" else type(getattr(cfg, section))
+        for key, value in values.items():
+            marker = field_marker(model, key)
+            if marker == "runner":
+                raise FormError(f"{section}.{key} is the runner's setting (its params file and environment); "
+                                f"a flow run's parameters cannot change it")
+            if marker == "path" and isinstance(value, str) and _names_a_path(value):
+                where = Path(value).expanduser().resolve()
+                if not any(where.is_relative_to(root) for root in roots):
+                    raise FormError(f"{section}.{key}={value!r} names a path outside the runner's data and artifact "
+                                    f"roots ({', '.join(map(str, roots))}); a flow run may only name files inside them")
+
+
+def _names_a_path(value: str) -> bool:
+    """Whether `value` would be read as a filesystem path rather than a named choice (`auto`, a hub id)."""
+    return value.startswith(("/", "~", ".")) or os.sep in value or "\\" in value or Path(value).exists()

@@ -132,11 +132,12 @@ def _start_from_the_stable_data(run: Run) -> None:
 
 def prune(root: Path, keep: int = KEEP_FINISHED) -> list[Path]:
     """Remove the finished run directories (and those of runs whose process died) beyond the newest `keep`.
-    The one `latest` points at stays."""
+    The one `latest` points at stays, and so does every directory that is not a run's (no `run.json`):
+    whatever else sits in the folder is not this function's to delete."""
     latest = (root / "latest").resolve() if (root / "latest").exists() else None
     finished = []
     for run_dir in sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink()
-                           and not p.name.startswith(".")), reverse=True):
+                           and not p.name.startswith(".") and (p / "run.json").is_file()), reverse=True):
         doc = _read(run_dir)
         if doc.get("status") != "running" or owner_alive(doc.get("owner", "")) is False:
             finished.append(run_dir)

