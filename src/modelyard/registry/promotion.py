@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from modelyard.registry.lock import compare_and_set_alias, current_alias_version, registry_lock
 from modelyard.registry.versions import (
     PREVIOUS_CHAMPION_TAG,
     fetched_model_dir,
     get_version,
-    set_alias,
     set_version_tags,
 )
 
@@ -55,41 +53,38 @@ def promote_if_better(
 
     The champion's score is its recorded `metric` when it was measured on the same test set (same hash);
     otherwise `score_champion(model_dir)` re-scores it on this test set, so the comparison is always like
-    for like. A version that loses becomes the challenger.
+    for like. A version that loses becomes the challenger. The whole read-compare-move holds the registry's
+    own lock (modelyard.registry.lock), and each alias moves only if it still points where it was read:
+    promotions from any process or host on the same store come one after the other.
     """
     set_version_tags(tracking_uri, name, version, {metric: value, "test_set_sha256": test_set_hash})
-    champion = get_version(tracking_uri, name, alias=champion_alias)
-    if champion is None or champion.version == version:
-        set_alias(tracking_uri, name, champion_alias, version)
-        return PromotionDecision(name, version, champion_alias, True, "no champion yet", metric, value)
+    with registry_lock(tracking_uri, name):
+        champion = get_version(tracking_uri, name, alias=champion_alias)
+        if champion is None or champion.version == version:
+            compare_and_set_alias(tracking_uri, name, champion_alias, version,
+                                  expected=champion.version if champion else None)
+            return PromotionDecision(name, version, champion_alias, True, "no champion yet", metric, value)
 
-    if champion.tags.get("test_set_sha256") == test_set_hash and metric in champion.tags:
-        champ_value = float(champion.tags[metric])
-        basis = "its recorded score on the same test set"
-    elif score_champion is not None:
-        with fetched_model_dir(tracking_uri, name, version=champion.version) as (model_dir, _):
-            champ_value = float(score_champion(model_dir))
-        basis = "re-scored on this test set (its own was different)"
-    else:
-        raise ValueError(f"champion v{champion.version} was scored on another test set and no re-scorer was given")
+        if champion.tags.get("test_set_sha256") == test_set_hash and metric in champion.tags:
+            champ_value = float(champion.tags[metric])
+            basis = "its recorded score on the same test set"
+        elif score_champion is not None:
+            with fetched_model_dir(tracking_uri, name, version=champion.version) as (model_dir, _):
+                champ_value = float(score_champion(model_dir))
+            basis = "re-scored on this test set (its own was different)"
+        else:
+            raise ValueError(f"champion v{champion.version} was scored on another test set and no re-scorer was given")
 
-    if value >= champ_value:
-        set_version_tags(tracking_uri, name, version, {PREVIOUS_CHAMPION_TAG: champion.version})
-        set_alias(tracking_uri, name, champion_alias, version)
-        reason = (f"{metric} {value:.4f} >= champion v{champion.version}'s {champ_value:.4f} ({basis}); "
-                  f"v{champion.version} steps down")
-        return PromotionDecision(name, version, champion_alias, True, reason, metric, value, champion.version, champ_value)
-    set_alias(tracking_uri, name, challenger_alias, version)
-    reason = (f"{metric} {value:.4f} < champion v{champion.version}'s {champ_value:.4f} ({basis}); "
-              f"champion unchanged")
-    return PromotionDecision(name, version, challenger_alias, False, reason, metric, value, champion.version, champ_value)
-
-
-
-def registry_lock(tracking_uri: str) -> Any:
-    """A lock per registry, for the promotions of this host (runs on several hosts would need the registry's
-    own): two runs registering at once each compare with the champion they then replace."""
-    from filelock import FileLock
-
-    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
-    return FileLock(Path(tempfile.gettempdir()) / f"modelyard-registry-{digest}.lock")
+        if value >= champ_value:
+            set_version_tags(tracking_uri, name, version, {PREVIOUS_CHAMPION_TAG: champion.version})
+            compare_and_set_alias(tracking_uri, name, champion_alias, version, expected=champion.version)
+            reason = (f"{metric} {value:.4f} >= champion v{champion.version}'s {champ_value:.4f} ({basis}); "
+                      f"v{champion.version} steps down")
+            return PromotionDecision(name, version, champion_alias, True, reason, metric, value, champion.version,
+                                     champ_value)
+        compare_and_set_alias(tracking_uri, name, challenger_alias, version,
+                              expected=current_alias_version(tracking_uri, name, challenger_alias))
+        reason = (f"{metric} {value:.4f} < champion v{champion.version}'s {champ_value:.4f} ({basis}); "
+                  f"champion unchanged")
+        return PromotionDecision(name, version, challenger_alias, False, reason, metric, value, champion.version,
+                                 champ_value)

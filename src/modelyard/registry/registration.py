@@ -17,7 +17,7 @@ from modelyard.evaluation.evaluate import HEADLINE, score_model_dir
 from modelyard.lineage import collect_lineage
 from modelyard.models import config_class
 from modelyard.paths import TaskPaths
-from modelyard.registry.promotion import PromotionDecision, promote_if_better, registry_lock
+from modelyard.registry.promotion import PromotionDecision, promote_if_better
 from modelyard.registry.tracking import claimed_run, end_run, log_artifacts, log_metrics, set_tags, start_run
 from modelyard.registry.versions import log_model, set_version_tags
 
@@ -41,12 +41,11 @@ def register(cfg: PipelineConfig, paths: TaskPaths) -> dict[str, Any]:
         lineage = _log_evaluation(uri, run_id, paths, train_info, evaluation)
         version, onnx_tags = _log_model(cfg, paths, uri, run_id)
         set_version_tags(uri, cfg.task_name, version, lineage | onnx_tags)
-        with registry_lock(uri):  # two runs registering at once: each compares with the champion it replaces
-            decision = promote_if_better(
-                uri, cfg.task_name, version, metric="test.accuracy", value=float(evaluation["accuracy"]),
-                test_set_hash=evaluation["test_set_sha256"], champion_alias=cfg.registry.champion_alias,
-                challenger_alias=cfg.registry.challenger_alias,
-                score_champion=lambda model_dir: score_model_dir(model_dir, paths.dataset_dir)["accuracy"])
+        decision = promote_if_better(  # under the registry's own lock: runs registering at once take turns
+            uri, cfg.task_name, version, metric="test.accuracy", value=float(evaluation["accuracy"]),
+            test_set_hash=evaluation["test_set_sha256"], champion_alias=cfg.registry.champion_alias,
+            challenger_alias=cfg.registry.challenger_alias,
+            score_champion=lambda model_dir: score_model_dir(model_dir, paths.dataset_dir)["accuracy"])
         summary, report = _write_registration(paths, uri, run_id, cfg.task_name, version, decision, onnx_tags)
         log_artifacts(uri, run_id, paths.register_dir / "report.md")
         end_run(uri, run_id)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelyard.registry.lock import compare_and_set_alias, registry_lock
 from modelyard.registry.store import client, using
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,11 @@ def rollback(tracking_uri: str, name: str, *, champion_alias: str = "champion") 
     so rolling back twice steps back twice. An alias set by hand (MLflow UI) has no such record; then the
     newest earlier version not itself rolled back is taken. The version left is tagged `modelyard.rolled_back`.
     """
+    with registry_lock(tracking_uri, name):  # the same lock promotions take
+        return _step_back(tracking_uri, name, champion_alias)
+
+
+def _step_back(tracking_uri: str, name: str, champion_alias: str) -> tuple[str, str]:
     current = get_version(tracking_uri, name, alias=champion_alias)
     if current is None:
         raise LookupError(f"'{name}' has no '{champion_alias}' version to roll back from")
@@ -144,6 +150,6 @@ def rollback(tracking_uri: str, name: str, *, champion_alias: str = "champion") 
         previous = str(max(earlier))
     if get_version(tracking_uri, name, version=previous) is None:
         raise LookupError(f"'{name}' v{previous}, the champion before v{current.version}, no longer exists")
-    set_alias(tracking_uri, name, champion_alias, previous)
+    compare_and_set_alias(tracking_uri, name, champion_alias, previous, expected=current.version)
     set_version_tags(tracking_uri, name, current.version, {"modelyard.rolled_back": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return current.version, previous
