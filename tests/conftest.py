@@ -16,15 +16,15 @@ from modelyard.runtime import configure_environment
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    configure_environment()
+    # Tests must never talk to a stack a developer has running: drop its addresses and its Ray token.
+    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH",
+                "RAY_AUTH_TOKEN", "PREFECT_API_AUTH_STRING", "MODELYARD_PARAMS"):
+        os.environ.pop(var, None)
+    configure_environment()  # telemetry off; the Ray a test starts asks for a token of its own
     # The library's logs in a flow run's log, as the stack's environment has them (infra/env.sh).
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "modelyard,serving")
     # ...which makes Prefect warn about every such record logged outside a flow run (most tests): not asked for.
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-    # Tests must never talk to a stack a developer has running: drop its addresses.
-    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH",
-                "MODELYARD_PARAMS"):
-        os.environ.pop(var, None)
 
 
 @pytest.fixture(autouse=True)

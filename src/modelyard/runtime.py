@@ -38,13 +38,16 @@ def configure_environment() -> None:
     """Switch telemetry off for this process and its children (values already set are kept).
 
     Call before Ray is imported: when no remote Ray cluster is named, a Ray started here is kept on
-    127.0.0.1 (Ray reads this switch at import; by default it binds a routable address on all interfaces).
+    127.0.0.1 (Ray reads this switch at import; by default it binds a routable address on all interfaces),
+    and asks for a token of its own (`private_ray_token`).
     """
     for key, value in {**TELEMETRY_OFF, **OFFLINE_DEFAULTS, **QUIET, **RAY_DEFAULTS}.items():
         os.environ.setdefault(key, value)
     address = os.environ.get("RAY_ADDRESS", "")
     if not address or address.startswith(("127.0.0.1", "localhost")):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if not address:
+        private_ray_token()
 
 
 def configure_logging(level: int | str = logging.INFO) -> None:
@@ -64,17 +67,32 @@ def connect_ray(address: str | None = None, object_store_bytes: int = 500 * 1024
     `address="local"` matters: a bare `ray.init()` would attach to whatever cluster the last `ray start`
     on this machine recorded in /tmp/ray, even a stopped one. The dashboard stays on (127.0.0.1, 8265 or
     the next free port): Ray Train's placement-group cleaner needs the State API it serves.
+
+    A private Ray asks for a token like the stack's: a fresh one in this process's environment (which Ray's
+    processes inherit), written nowhere, so no other process or user of the machine can reach it.
     """
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        private_ray_token()  # before Ray is imported: it reads the mode then
     import ray
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
     else:
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
                  object_store_memory=object_store_bytes)
+
+
+def private_ray_token() -> None:
+    """Token auth for a Ray this process starts: a new token in the environment unless one is given (the
+    stack's, in $RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN)."""
+    import secrets
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 
 def process_owner() -> str:
