@@ -15,10 +15,10 @@ PIPFILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || 
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \
        RAY_USAGE_STATS_ENABLED=0 DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false ORT_DISABLE_TELEMETRY=1
 
-.PHONY: help setup browser data up run down status serve test reliability test-fast repro bench clean
+.PHONY: help setup browser data up run down status serve test reliability test-fast repro bench clean cluster-up cluster-down cluster-status
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock pyproject.toml infra/uv_pip.py
 	@echo "==> creating $(VENV) and installing the pinned stack (requirements.lock); takes a few minutes once"
@@ -53,13 +53,22 @@ run: data up  ## everything: install, fetch, start the stack, run the pipeline o
 	echo "==> serving every task that has a champion"
 	$(BIN)/python -m serving "$$MODELYARD_PARAMS" > "$$RUN_DIR/logs/serving.json"
 	echo
-	echo "  Prefect UI      http://127.0.0.1:$$PREFECT_PORT"
+	echo "  Prefect UI      http://127.0.0.1:$$PREFECT_PORT  (log in with the string in $${PREFECT_AUTH_STRING_PATH#$$PWD/})"
 	echo "  MLflow UI       http://127.0.0.1:$$MLFLOW_PORT"
 	echo "  Ray dashboard   http://127.0.0.1:$$RAY_DASHBOARD_PORT  (sign in with the token in $${RAY_AUTH_TOKEN_PATH#$$PWD/})"
 	$(BIN)/modelyard try -p "$$MODELYARD_PARAMS" $(if $(RECIPE),--recipe $(RECIPE))
 
 down:  ## stop everything `make up` / `make run` started (by recorded pids)
 	@infra/stack.sh down
+
+cluster-up: setup  ## a Ray cluster on this machine: NODES=3 network namespaces on a bridge (root), joined with the token
+	@infra/cluster.sh up $(or $(NODES),3)
+
+cluster-down:  ## remove every namespace, link and process cluster-up made
+	@infra/cluster.sh down
+
+cluster-status:  ## the cluster's nodes and what Ray sees
+	@infra/cluster.sh status
 
 status:  ## which stack services are running
 	@infra/stack.sh status

@@ -28,6 +28,13 @@ export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
 export PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT="$PREFECT_PORT"
 export PREFECT_UI_API_URL="$PREFECT_API_URL"
 export PREFECT_LOGGING_EXTRA_LOGGERS=modelyard,serving   # the library's logs show in the flow run's log
+# Prefect's API asks for this string (HTTP basic auth, `user:password`) from every client and the UI's login;
+# the stack creates it once per clone (umask 077) and every process that sources this file presents it.
+export PREFECT_AUTH_STRING_PATH="${PREFECT_AUTH_STRING_PATH:-$RUN_DIR/prefect/auth_string}"
+if [[ -s "$PREFECT_AUTH_STRING_PATH" ]]; then
+  PREFECT_API_AUTH_STRING="$(cat "$PREFECT_AUTH_STRING_PATH")"
+  export PREFECT_API_AUTH_STRING PREFECT_SERVER_API_AUTH_STRING="$PREFECT_API_AUTH_STRING"
+fi
 
 # MLflow: the server fronts the same sqlite store and artifact folder the embedded default uses.
 export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"

@@ -40,8 +40,20 @@ ensure_ray_token() {  # the cluster's auth token, made once per clone (Ray would
   say "created the Ray auth token in ${RAY_AUTH_TOKEN_PATH#"$ROOT"/}"
 }
 
+ensure_prefect_auth() {  # the string Prefect's API and UI ask for, made once per clone
+  if [[ ! -s "$PREFECT_AUTH_STRING_PATH" ]]; then
+    mkdir -p "$(dirname "$PREFECT_AUTH_STRING_PATH")"
+    (umask 077 && "$VENV/python" -c 'import secrets; print("modelyard:" + secrets.token_urlsafe(24), end="")' \
+      >"$PREFECT_AUTH_STRING_PATH")
+    say "created Prefect's API auth string in ${PREFECT_AUTH_STRING_PATH#"$ROOT"/} (the UI's login asks for it)"
+  fi
+  PREFECT_API_AUTH_STRING="$(cat "$PREFECT_AUTH_STRING_PATH")"
+  export PREFECT_API_AUTH_STRING PREFECT_SERVER_API_AUTH_STRING="$PREFECT_API_AUTH_STRING"
+}
+
 up() {
   ensure_ray_token
+  ensure_prefect_auth
   start prefect "$VENV/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
   start mlflow "$VENV/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
     --backend-store-uri "sqlite:///$MLFLOW_STORE_DIR/mlflow.db" --default-artifact-root "file://$MLFLOW_STORE_DIR/artifacts"
@@ -112,7 +124,7 @@ stop_groups() {  # GRACE NAME...: TERM their process groups, wait for them toget
 finished_runs_closing() {  # RUNNER_PID: a flow-run process is still there although Prefect has no run active
   local active
   pgrep -P "$1" -f spawn_main >/dev/null 2>&1 || return 1
-  active=$(curl -sf -X POST "$PREFECT_API_URL/flow_runs/count" -H 'Content-Type: application/json' \
+  active=$(curl -sf -u "${PREFECT_API_AUTH_STRING:-}" -X POST "$PREFECT_API_URL/flow_runs/count" -H 'Content-Type: application/json' \
     -d '{"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}}}' 2>/dev/null) || return 1
   [[ "$active" == 0 ]]
 }

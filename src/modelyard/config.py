@@ -174,6 +174,11 @@ class TrainConfig(_Section):
                                                    "last checkpoint).")
     progress_every_s: float = Field(15.0, gt=0, description="Seconds between progress lines inside an epoch.")
     seed: int = 42
+    storage: str | None = Field(
+        None, json_schema_extra=RUNNER_FIELD,
+        description="Where Ray Train keeps checkpoints: a directory every node sees, or a pyarrow filesystem URI "
+                    "(s3://bucket/path, gs://...) on a real cluster. null: beside the task's train output (one node). "
+                    "The runner's own: a flow run cannot change it.")
 
     @field_validator("use_gpu", mode="before")
     @classmethod

@@ -49,18 +49,30 @@ def _fill_number(page: Page, section, label: str, value: int) -> None:
         raise AssertionError(f"{label} input reads {field.input_value()!r}, not {value}")
 
 
+def log_in(page: Page, auth_string: str) -> None:
+    """The UI's login page (shown when the API asks for an auth string): the string in its one password box,
+    then Login; the UI goes on to the page first asked for."""
+    box = page.get_by_placeholder("admin:pass")
+    box.wait_for()
+    box.fill(auth_string)
+    page.get_by_role("button", name="Login").click()
+    box.wait_for(state="detached")
+
+
 def custom_run_from_ui(
     page: Page, base_url: str, epochs: int, screenshot_path: str | PathLike[str],
-    family: str | None = None, family_fields: dict[str, int] | None = None,
+    family: str | None = None, family_fields: dict[str, int] | None = None, auth_string: str | None = None,
 ) -> str:
     """In the Prefect UI: open the training-pipeline deployment, choose Run ->
     Custom run, pick the model `family` and set its number fields
     `family_fields` (labels as the form shows them, e.g. {"Hidden": 64}), set
     train.epochs to `epochs`, take a full-page screenshot of the filled form to
     screenshot_path, submit, and return the new flow run's id (from the URL the
-    UI navigates to)."""
+    UI navigates to). With `auth_string`, logs in first on the UI's login page."""
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(f"{base_url.rstrip('/')}/deployments")
+    if auth_string is not None:
+        log_in(page, auth_string)
 
     # Deployments list: the deployment's name link (not the flow's same-named link).
     page.get_by_role("link", name=DEPLOYMENT, exact=True).and_(

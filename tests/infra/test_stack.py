@@ -46,6 +46,18 @@ class Stack:
         return f"http://127.0.0.1:{self.ports['PREFECT_PORT']}/api"
 
     @property
+    def prefect_auth(self) -> str:
+        """The string Prefect's API asks for (HTTP basic auth), which `up` made in the run directory."""
+        return (self.run_dir / "prefect" / "auth_string").read_text()
+
+    @property
+    def prefect(self) -> requests.Session:
+        """A session that presents the auth string, as the stack's own clients do."""
+        session = requests.Session()
+        session.auth = tuple(self.prefect_auth.split(":", 1))
+        return session
+
+    @property
     def serve_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['SERVE_PORT']}"
 
@@ -84,12 +96,13 @@ def stack(fashion_mnist_dir, tmp_path_factory):
         stack.script("down", timeout=120)
 
 
-def run_deployment_as_the_ui_does(api: str, parameters: dict | None = None) -> str:
+def run_deployment_as_the_ui_does(stack: Stack, parameters: dict | None = None) -> str:
     """POST /deployments/{id}/create_flow_run: what the UI's Run button sends. Returns the flow run id."""
-    deployment = requests.get(f"{api}/deployments/name/{DEPLOYMENT}", timeout=10)
+    api, session = stack.prefect_api, stack.prefect
+    deployment = session.get(f"{api}/deployments/name/{DEPLOYMENT}", timeout=10)
     deployment.raise_for_status()
     body = {"parameters": parameters} if parameters else {}
-    run = requests.post(f"{api}/deployments/{deployment.json()['id']}/create_flow_run", json=body, timeout=10)
+    run = session.post(f"{api}/deployments/{deployment.json()['id']}/create_flow_run", json=body, timeout=10)
     run.raise_for_status()
     return run.json()["id"]
 
@@ -97,7 +110,7 @@ def run_deployment_as_the_ui_does(api: str, parameters: dict | None = None) -> s
 def wait_for_flow_run(stack: Stack, flow_run_id: str, timeout_s: float = 600) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        run = requests.get(f"{stack.prefect_api}/flow_runs/{flow_run_id}", timeout=10).json()
+        run = stack.prefect.get(f"{stack.prefect_api}/flow_runs/{flow_run_id}", timeout=10).json()
         if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             return run
         time.sleep(3)
@@ -106,7 +119,7 @@ def wait_for_flow_run(stack: Stack, flow_run_id: str, timeout_s: float = 600) ->
 
 def test_the_deployment_run_from_the_api_trains_registers_and_serves(stack, image_bytes, class_names):
     started = time.monotonic()
-    flow_run_id = run_deployment_as_the_ui_does(stack.prefect_api)
+    flow_run_id = run_deployment_as_the_ui_does(stack)
     run = wait_for_flow_run(stack, flow_run_id)
     assert run["state_type"] == "COMPLETED", f"{run['state_name']}\n{stack.logs()}"
     print(f"deployment run completed in {time.monotonic() - started:.0f} s")
@@ -139,7 +152,23 @@ def test_the_deployment_run_from_the_api_trains_registers_and_serves(stack, imag
 
     # Nothing was put in the (empty) HOME: the Ray token, Prefect's home and caches live in the run directory.
     assert (stack.run_dir / "ray" / "auth_token").stat().st_mode & 0o077 == 0  # readable by the owner only
+    assert (stack.run_dir / "prefect" / "auth_string").stat().st_mode & 0o077 == 0
     assert not list(stack.home.iterdir()), [str(p) for p in stack.home.rglob("*")]
+
+
+def test_the_prefect_api_refuses_a_caller_without_the_auth_string(stack):
+    """The audit's way in (one create_flow_run call from anyone who reaches the port) is closed: without the
+    string, or with another, every API call is 401 and no run is made; health probes stay open."""
+    api = stack.prefect_api
+    deployment = stack.prefect.get(f"{api}/deployments/name/{DEPLOYMENT}", timeout=10).json()
+    count = stack.prefect.post(f"{api}/flow_runs/count", json={}, timeout=10).json()
+    for auth in (None, ("modelyard", "not-the-string"), ("admin", "pass")):
+        assert requests.get(f"{api}/deployments/name/{DEPLOYMENT}", auth=auth, timeout=10).status_code == 401
+        create = requests.post(f"{api}/deployments/{deployment['id']}/create_flow_run", auth=auth, timeout=10,
+                               json={"parameters": {"train": {"epochs": 1}}})
+        assert create.status_code == 401, create.text
+    assert stack.prefect.post(f"{api}/flow_runs/count", json={}, timeout=10).json() == count  # none was made
+    assert requests.get(f"{api}/health", timeout=10).status_code == 200
 
 
 def test_a_custom_run_made_in_the_prefect_ui_with_another_family_completes_with_the_form_values(stack):
@@ -157,7 +186,8 @@ def test_a_custom_run_made_in_the_prefect_ui_with_another_family_completes_with_
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             flow_run_id = custom_run_from_ui(page, f"http://127.0.0.1:{stack.ports['PREFECT_PORT']}", epochs,
-                                             screenshot, family="mlp", family_fields={"Hidden": 64})
+                                             screenshot, family="mlp", family_fields={"Hidden": 64},
+                                             auth_string=stack.prefect_auth)
         finally:
             browser.close()
     assert screenshot.stat().st_size > 10_000  # the filled form, for a person to look at
@@ -194,7 +224,7 @@ def test_two_runs_of_the_deployment_at_once_both_finish_each_with_its_own_output
         "long": {"train": dump["train"] | {"epochs": 2, "learning_rate": 0.05}},
     }
     started = time.monotonic()
-    ids = {name: run_deployment_as_the_ui_does(api, params) for name, params in wanted.items()}
+    ids = {name: run_deployment_as_the_ui_does(stack, params) for name, params in wanted.items()}
     runs = {name: wait_for_flow_run(stack, flow_run_id, timeout_s=900) for name, flow_run_id in ids.items()}
     took = ", ".join(f"{n} {r['total_run_time']:.0f} s" for n, r in runs.items())
     print(f"\ntwo deployment runs at once: both done in {time.monotonic() - started:.0f} s ({took})")
@@ -246,14 +276,14 @@ def test_a_restart_keeps_models_aliases_runs_deployments_and_history_and_serving
     api, mlflow_api = stack.prefect_api, f"http://127.0.0.1:{stack.ports['MLFLOW_PORT']}/api/2.0/mlflow"
 
     def flow_runs() -> dict[str, str]:
-        runs = requests.post(f"{api}/flow_runs/filter", json={"limit": 200}, timeout=10).json()
+        runs = stack.prefect.post(f"{api}/flow_runs/filter", json={"limit": 200}, timeout=10).json()
         return {r["id"]: r["state_type"] for r in runs}
 
     if "COMPLETED" not in flow_runs().values():  # run alone (`make reliability`): make the state to keep
-        assert wait_for_flow_run(stack, run_deployment_as_the_ui_does(api))["state_type"] == "COMPLETED"
+        assert wait_for_flow_run(stack, run_deployment_as_the_ui_does(stack))["state_type"] == "COMPLETED"
 
     def state() -> dict:
-        deployment = requests.get(f"{api}/deployments/name/{DEPLOYMENT}", timeout=10).json()
+        deployment = stack.prefect.get(f"{api}/deployments/name/{DEPLOYMENT}", timeout=10).json()
         models = requests.get(f"{mlflow_api}/registered-models/search", params={"max_results": 100}, timeout=10)
         experiment = requests.get(f"{mlflow_api}/experiments/get-by-name", params={"experiment_name": "stack-test"},
                                   timeout=10).json()["experiment"]

@@ -131,7 +131,7 @@ def _fit(cfg: PipelineConfig, job: TrainingJob, plan: WorkerPlan, loading: str, 
             scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                          resources_per_worker={"CPU": plan.cpus_per_worker}),
             run_config=RunConfig(name=f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-                                 storage_path=str(output_dir.parent / "ray"),
+                                 storage_path=cfg.train.storage or str(output_dir.parent / "ray"),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                  failure_config=FailureConfig(max_failures=cfg.train.max_failures)))
         start, fit_called_at = time.perf_counter(), time.time()

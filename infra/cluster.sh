@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# A Ray cluster on one machine, for trying the cluster path without Kubernetes and for the tests that prove it:
+# a head and NODES-1 worker nodes, each a Linux network namespace with its own address on a bridge of its own
+# and its own /tmp (a mount namespace), joined with the stack's Ray token. Root (or CAP_NET_ADMIN +
+# CAP_SYS_ADMIN) is needed for namespaces.
+#   infra/cluster.sh up [NODES]         start NODES nodes (default 3); node 0 is the head
+#   infra/cluster.sh down               remove every namespace, link and process `up` made
+#   infra/cluster.sh status             the nodes and what Ray sees
+#   infra/cluster.sh exec NODE CMD...   run CMD on node NODE (its network, its /tmp, the cluster's Ray address)
+#   infra/cluster.sh kill NODE          SIGKILL every process of node NODE: a machine lost
+#   infra/cluster.sh start NODE         start node NODE's Ray again (a lost machine back)
+# On real machines the same happens with `ray start --head` on one and `ray start --address HEAD:6379` on the
+# others (README, "Cluster"); nothing else of the stack changes.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=infra/env.sh
+source infra/env.sh
+VENV="$ROOT/.venv/bin"
+
+NAME="${CLUSTER_NAME:-myc}"              # prefix of every namespace and link (short: link names stop at 15)
+NET="${CLUSTER_NET:-10.87.0}"            # the bridge's /24; the host is .1, node i is .(10+i)
+HEAD_CPUS="${CLUSTER_HEAD_CPUS:-0}"      # the head runs the control plane (GCS, Serve's controller), no work
+WORKER_CPUS="${CLUSTER_WORKER_CPUS:-1}"
+OBJECT_STORE_BYTES="${CLUSTER_OBJECT_STORE_BYTES:-300000000}"
+DIR="$RUN_DIR/cluster/$NAME"
+BRIDGE="$NAME-br"
+HEAD_IP="$NET.10"
+export RAY_ADDRESS="$HEAD_IP:$RAY_PORT"
+unset RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER  # the nodes' addresses are not loopback: Ray must use them as given
+
+say() { printf '\033[1m[cluster]\033[0m %s\n' "$*"; }
+ns() { echo "$NAME-n$1"; }
+ip_of() { echo "$NET.$((10 + $1))"; }
+nodes() { cat "$DIR/nodes" 2>/dev/null || echo 0; }
+
+on_node() {  # on_node I CMD...: CMD in node I's network namespace, with node I's /tmp bound over /tmp
+  local i=$1; shift
+  mkdir -p "$DIR/n$i/tmp"
+  ip netns exec "$(ns "$i")" unshare --mount --propagation private -- \
+    bash -c 'mount --bind "$0" /tmp && exec "$@"' "$DIR/n$i/tmp" "$@"
+}
+
+make_node() {  # a namespace with a veth on the bridge, its address, loopback up
+  local i=$1 n host
+  n=$(ns "$i") host="$NAME-v$i"
+  ip netns add "$n"
+  ip link add "$host" type veth peer name eth0 netns "$n"
+  ip link set "$host" master "$BRIDGE" up
+  ip -n "$n" addr add "$(ip_of "$i")/24" dev eth0
+  ip -n "$n" link set eth0 up
+  ip -n "$n" link set lo up
+}
+
+start_ray() {  # start_ray I: node I's Ray in the foreground of its own session, logged, pid recorded
+  local i=$1 args
+  if [[ $i == 0 ]]; then
+    args=(--head --port "$RAY_PORT" --dashboard-host "$HEAD_IP" --dashboard-port "$RAY_DASHBOARD_PORT"
+          --num-cpus "$HEAD_CPUS")
+  else
+    args=(--address "$RAY_ADDRESS" --num-cpus "$WORKER_CPUS")
+  fi
+  on_node "$i" setsid "$VENV/ray" start --block --node-ip-address "$(ip_of "$i")" "${args[@]}" \
+    --object-store-memory "$OBJECT_STORE_BYTES" --disable-usage-stats >"$DIR/n$i/ray.log" 2>&1 </dev/null &
+  echo $! >"$DIR/n$i/ray.pid"
+}
+
+alive_nodes() {  # how many nodes Ray's GCS counts alive, asked from the head
+  on_node 0 "$VENV/python" -c 'import ray; ray.init(logging_level="ERROR"); print(sum(n["Alive"] for n in ray.nodes()))' \
+    2>/dev/null | tail -n 1
+}
+
+wait_alive() {  # wait_alive N TIMEOUT
+  local want=$1 timeout=$2 t=0 got
+  until [[ "$(alive_nodes || true)" == "$want" ]]; do
+    sleep 2; t=$((t + 2))
+    if (( t >= timeout )); then
+      got=$(alive_nodes || true)
+      say "$want nodes not alive after ${timeout}s (${got:-none}); last lines of the logs:"
+      tail -n 15 "$DIR"/n*/ray.log; exit 1
+    fi
+  done
+  say "$want node(s) alive (${t}s)"
+}
+
+up() {
+  local count=${1:-3} i
+  (( count >= 1 )) || { say "NODES must be at least 1"; exit 2; }
+  [[ -e "$DIR/nodes" ]] && { say "cluster $NAME is up already ($(nodes) nodes); run down first"; exit 1; }
+  [[ -s "$RAY_AUTH_TOKEN_PATH" ]] || {
+    mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")"
+    (umask 077 && "$VENV/python" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$RAY_AUTH_TOKEN_PATH")
+  }
+  mkdir -p "$DIR"
+  echo "$count" >"$DIR/nodes"
+  ip link add "$BRIDGE" type bridge
+  ip addr add "$NET.1/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  for ((i = 0; i < count; i++)); do make_node "$i"; done
+  start_ray 0
+  wait_alive 1 120
+  for ((i = 1; i < count; i++)); do start_ray "$i"; done
+  wait_alive "$count" 180
+  say "head $RAY_ADDRESS (dashboard http://$HEAD_IP:$RAY_DASHBOARD_PORT), workers $(
+    for ((i = 1; i < count; i++)); do printf '%s ' "$(ip_of "$i")"; done)on bridge $BRIDGE"
+}
+
+kill_node() {  # every process in the node's network namespace, SIGKILL, until none is left
+  local n t
+  n=$(ns "$1")
+  for ((t = 0; t < 50; t++)); do
+    local pids
+    pids=$(ip netns pids "$n" 2>/dev/null || true)
+    [[ -z "$pids" ]] && return 0
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+    sleep 0.2
+  done
+  say "processes of $n still there after SIGKILL: $(ip netns pids "$n" | tr '\n' ' ')"; return 1
+}
+
+down() {
+  local count i
+  count=$(nodes)
+  for ((i = count - 1; i >= 0; i--)); do
+    ip netns list | grep -qw "$(ns "$i")" || continue
+    kill_node "$i"
+    ip netns del "$(ns "$i")"
+  done
+  ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
+  rm -rf "$DIR"
+  say "cluster $NAME removed"
+}
+
+status() {
+  local count i
+  count=$(nodes)
+  (( count )) || { say "cluster $NAME: not up"; return; }
+  for ((i = 0; i < count; i++)); do
+    say "node $i $(ip_of "$i") ($(ns "$i")): $(ip netns pids "$(ns "$i")" 2>/dev/null | wc -l) processes"
+  done
+  say "alive in Ray: $(alive_nodes || echo '?') of $count"
+}
+
+case "${1:-}" in
+  up) up "${2:-${NODES:-3}}" ;;
+  down) down ;;
+  status) status ;;
+  exec) shift; i=$1; shift; on_node "$i" "$@" ;;
+  kill) kill_node "$2"; say "node $2 killed" ;;
+  start) start_ray "$2"; wait_alive "$(nodes)" 180 ;;
+  *) echo "usage: $0 up [NODES] | down | status | exec NODE CMD... | kill NODE | start NODE" >&2; exit 2 ;;
+esac
