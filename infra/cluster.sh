@@ -54,13 +54,16 @@ make_node() {  # a namespace with a veth on the bridge, its address, loopback up
 
 start_ray() {  # start_ray I: node I's Ray in the foreground of its own session, logged, pid recorded
   local i=$1 args
+  mkdir -p "$DIR/n$i/tmp"
   if [[ $i == 0 ]]; then
     args=(--head --port "$RAY_PORT" --dashboard-host "$HEAD_IP" --dashboard-port "$RAY_DASHBOARD_PORT"
           --num-cpus "$HEAD_CPUS")
   else
     args=(--address "$RAY_ADDRESS" --num-cpus "$WORKER_CPUS")
   fi
-  on_node "$i" setsid "$VENV/ray" start --block --node-ip-address "$(ip_of "$i")" "${args[@]}" \
+  # Gloo (torch.distributed on CPUs) finds its own address from the hostname, which every namespace shares
+  # (and which resolves to loopback here): name the interface, as a real cluster's nodes often must too.
+  GLOO_SOCKET_IFNAME=eth0 on_node "$i" setsid "$VENV/ray" start --block --node-ip-address "$(ip_of "$i")" "${args[@]}" \
     --object-store-memory "$OBJECT_STORE_BYTES" --disable-usage-stats >"$DIR/n$i/ray.log" 2>&1 </dev/null &
   echo $! >"$DIR/n$i/ray.pid"
 }

@@ -223,6 +223,9 @@ class RaySession:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        import ray.util
+
+        self.log(f"worker {self.rank + 1} of {self.world} on node {ray.util.get_node_ip_address()} ({self.device})")
 
     def get(self, ref: Any) -> Any:
         import ray

@@ -1,0 +1,151 @@
+"""A Ray cluster of three nodes on this machine (`infra/cluster.sh`, what `make cluster-up` runs): each node a
+network namespace with its own address on a bridge of the test's own and its own /tmp, joined with the token.
+
+Training runs from the head with its two workers on the two worker nodes (gloo across the bridge) and reaches
+what the same run reaches on one node; a worker node SIGKILLed mid-run (every process in its namespace) and
+brought back, the run resumes from its last checkpoint with no epoch twice; and `down` leaves no namespace,
+link or process. Everything the nodes share is the checkout (its data and a storage folder for checkpoints),
+as machines share a network filesystem or a bucket; each node's /tmp is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers.data import fetched
+from helpers.paths import REPO
+
+pytestmark = [pytest.mark.stack, pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root (CI runs as root)")]
+
+NET = "10.88.0"
+
+
+class Cluster:
+    def __init__(self, name: str, run_dir: Path) -> None:
+        self.name, self.run_dir = name, run_dir
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "PREFECT_API"))} | {
+            "CLUSTER_NAME": name, "CLUSTER_NET": NET, "MODELYARD_RUN_DIR": str(run_dir)}
+
+    def script(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run(["infra/cluster.sh", *args], cwd=REPO, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        if check:
+            assert done.returncode == 0, f"cluster.sh {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done
+
+    def pipeline(self, shared: Path, *sets: str) -> list[str]:
+        """`modelyard pipeline` run on the head node; its arguments."""
+        return ["infra/cluster.sh", "exec", "0", str(REPO / ".venv/bin/modelyard"), "pipeline",
+                *_run_settings(shared), *sets]
+
+
+def _run_settings(shared: Path) -> list[str]:
+    return ["--recipe", "vowels-lstm", "-S", f"paths.data_dir={REPO / 'tests' / '.data'}",
+            "-S", f"paths.artifacts_dir={shared / 'artifacts'}", "-S", f"train.storage={shared / 'checkpoints'}",
+            "-S", f"registry.tracking_uri=sqlite:///{shared / 'mlflow.db'}", "-S", "train.num_workers=2"]
+
+
+def leftovers(name: str) -> list[str]:
+    """Namespaces, links and processes of cluster `name` still there."""
+    found = [f"netns {n}" for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+             if n.startswith(f"{name}-")]
+    found += [f"link {line.split(':')[1].strip()}" for line in
+              subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
+              if line.split(":")[1].strip().startswith(f"{name}-")]
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and f"{NET}." in cmd:
+            found.append(f"process {proc.name}: {cmd[:120]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Three nodes; removed afterwards, and checked to be gone."""
+    name = f"t{uuid.uuid4().hex[:4]}"
+    run_dir = REPO / "tests" / ".artifacts" / f"cluster-{name}"  # in the checkout: every node sees it
+    cluster = Cluster(name, run_dir)
+    started = time.monotonic()
+    try:
+        up = cluster.script("up", "3", timeout=400)
+        print(f"\ncluster of 3 nodes up in {time.monotonic() - started:.0f} s\n{up.stdout[-600:]}")
+        yield cluster
+    finally:
+        cluster.script("down", timeout=300, check=False)
+        left = leftovers(name)
+        assert not left, f"left behind by cluster.sh down: {left}"
+
+
+def _test_accuracy(shared: Path) -> float:
+    metrics = next((shared / "artifacts").glob("japanese_vowels/lstm/metrics.json"))
+    return json.loads(metrics.read_text())["test"]["accuracy"]
+
+
+def test_training_with_workers_on_two_nodes_reaches_what_one_node_reaches(cluster, tmp_path):
+    fetched("japanese_vowels")  # into the checkout's test data, which every node reads
+    shared = cluster.run_dir / "two-nodes"
+    started = time.monotonic()
+    run = subprocess.run(cluster.pipeline(shared), cwd=REPO, env=cluster.env, capture_output=True, text=True,
+                         timeout=900)
+    across = time.monotonic() - started
+    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
+    nodes = set(re.findall(r"worker [12] of 2 on node (\S+)", run.stderr + run.stdout))
+    assert nodes == {f"{NET}.11", f"{NET}.12"}, nodes  # one worker on each worker node, none on the head
+    assert list((shared / "checkpoints").rglob("checkpoint_*")), "no checkpoint in the shared storage"
+
+    alone = tmp_path / "one-node"  # a Ray of its own on this machine: one node, the same two workers and seed
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_", "PREFECT_API"))}
+    started = time.monotonic()
+    one = subprocess.run([sys.executable, "-m", "modelyard.cli", "pipeline", *_run_settings(alone)], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=900)
+    single = time.monotonic() - started
+    assert one.returncode == 0, one.stderr[-5000:]
+    two_nodes, one_node = _test_accuracy(shared), _test_accuracy(alone)
+    print(f"\nvowels-lstm, 2 workers, seed 42: test accuracy {two_nodes:.4f} across two nodes ({across:.0f} s), "
+          f"{one_node:.4f} on one node ({single:.0f} s)")
+    assert two_nodes >= 0.95 and abs(two_nodes - one_node) <= 0.015  # 370 utterances: 0.015 is under 6 of them
+
+
+def test_a_worker_node_killed_mid_run_the_training_resumes_from_its_checkpoint(cluster):
+    """Every process of node 2 SIGKILLed once the run has checkpointed; the node comes back 5 s later (a
+    machine restarting), and the run goes on from its last checkpoint: each epoch in the history once."""
+    fetched("japanese_vowels")
+    shared = cluster.run_dir / "node-lost"
+    run = subprocess.Popen(cluster.pipeline(shared, "-S", "train.epochs=150", "-S", "train.max_failures=3"),
+                           cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((shared / "checkpoints").rglob("checkpoint_manager_snapshot.json")):
+            assert run.poll() is None and time.monotonic() < deadline, "the run never checkpointed"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        cluster.script("kill", "2")
+        time.sleep(5)
+        cluster.script("start", "2", timeout=300)
+        output, _ = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, output[-5000:]
+    resumed = re.findall(r"resumed from the checkpoint of epoch (\d+)", output)
+    assert resumed, output[-3000:]
+    train = json.loads(next((shared / "artifacts").glob("japanese_vowels/lstm/train/train.json")).read_text())
+    epochs = [row["epoch"] for row in train["history"]]
+    assert epochs == list(range(1, 151)), epochs  # each epoch once, none missing
+    assert train["resumed_after_epochs"][:1] == [int(resumed[0])]
+    print(f"\nnode 2 SIGKILLed, back after 5 s: resumed after epoch {resumed[0]}, run done "
+          f"{time.monotonic() - killed_at:.0f} s after the kill; test accuracy {_test_accuracy(shared):.4f}")
