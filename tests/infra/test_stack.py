@@ -217,7 +217,7 @@ def test_two_runs_of_the_deployment_at_once_both_finish_each_with_its_own_output
     """Two runs with different parameters (another cut of the data, other epochs and learning rate) started
     together: both complete, each in its own run directory with its own MLflow run, and the stable paths hold
     whichever published last, whole."""
-    api, mlflow_api = stack.prefect_api, f"http://127.0.0.1:{stack.ports['MLFLOW_PORT']}/api/2.0/mlflow"
+    mlflow_api = f"http://127.0.0.1:{stack.ports['MLFLOW_PORT']}/api/2.0/mlflow"
     dump = stack.cfg.model_dump(mode="json", by_alias=True)
     wanted = {
         "short": {"data": dump["data"] | {"train_limit": 3000, "test_limit": 800}, "train": dump["train"] | {"epochs": 1}},

@@ -191,12 +191,20 @@ def test_a_batch_changed_after_the_fetch_or_too_large_or_unrecorded_is_refused_u
         read_raw(folder.parent)
 
 
-def test_a_full_size_batch_must_be_the_official_file(tmp_path):
+def test_a_full_size_batch_that_is_not_cifars_published_file_is_named(tmp_path, caplog):
     folder = cifar_batches_dir(tmp_path / "mine", train_per_class=5, test_per_class=2)
-    (folder / "test_batch").write_bytes(b"\0" * (10_000 * 3072 + 100))  # as large as CIFAR's, not CIFAR's
-    with pytest.raises(FetchError, match="test_batch is a full-size batch but not the official file"):
-        fetch_dataset(DataConfig(dataset="cifar10", sources=["local"]), tmp_path / "cifar10",
-                      tmp_path / "raw" / "cifar10", local_dir=str(folder))
+    data = (folder / "test_batch").read_bytes()
+    import modelyard.data.datasets.cifar10 as cifar_module
+
+    cifar_module._copy_checked(folder, tmp_path / "copy")  # small batches: a cut, nothing to say
+    assert "published file" not in caplog.text
+    padded = tmp_path / "padded"
+    padded.mkdir()
+    for name in cifar_module.FILES:
+        (padded / name).write_bytes((folder / name).read_bytes())
+    (padded / "test_batch").write_bytes(data + b"\0" * (10_000 * 3072))  # as large as CIFAR's, not CIFAR's
+    cifar_module._copy_checked(padded, tmp_path / "copy2")
+    assert "test_batch is a full-size batch but not CIFAR's published file" in caplog.text
 
 
 def test_batches_written_at_protocol_2_as_cifars_own_files_were_are_read(tmp_path):
