@@ -37,8 +37,12 @@ nodes() { cat "$DIR/nodes" 2>/dev/null || echo 0; }
 on_node() {  # on_node I CMD...: CMD in node I's network namespace, with node I's /tmp bound over /tmp
   local i=$1; shift
   mkdir -p "$DIR/n$i/tmp"
-  ip netns exec "$(ns "$i")" unshare --mount --propagation private -- \
-    bash -c 'mount --bind "$0" /tmp && exec "$@"' "$DIR/n$i/tmp" "$@"
+  # A checkout that itself lives under /tmp (a CI's clone) is bound back into the node's /tmp at its own path,
+  # so the node still runs the project's code; nothing else of the machine's /tmp is seen.
+  ip netns exec "$(ns "$i")" unshare --mount --propagation private -- bash -c '
+    tmp=$0 root=$1; shift
+    if [[ $root == /tmp/* ]]; then mkdir -p "$tmp/${root#/tmp/}" && mount --bind "$root" "$tmp/${root#/tmp/}"; fi
+    mount --rbind "$tmp" /tmp && exec "$@"' "$DIR/n$i/tmp" "$ROOT" "$@"
 }
 
 make_node() {  # a namespace with a veth on the bridge, its address, loopback up
@@ -131,7 +135,7 @@ down() {
     ip netns del "$(ns "$i")"
   done
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
-  rm -rf "$DIR"
+  rm -rf --one-file-system "$DIR"  # the nodes' mounts lived in their own mount namespaces, gone with them
   say "cluster $NAME removed"
 }
 
