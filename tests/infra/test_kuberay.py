@@ -21,6 +21,8 @@ from modelyard.config import ServeConfig
 from modelyard.recipes import RECIPE_NAMES
 
 MANIFEST = REPO / "infra" / "kuberay" / "rayservice.yaml"
+JOB = REPO / "infra" / "kuberay" / "rayjob.yaml"
+POLICY = REPO / "infra" / "kuberay" / "networkpolicy.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,12 @@ def serve_config(manifest):
     return ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
 
 
+def _cluster(manifest: dict) -> dict:
+    return manifest["spec"].get("rayClusterConfig") or manifest["spec"]["rayClusterSpec"]
+
+
 def _pod_templates(manifest: dict) -> list[tuple[str, dict]]:
-    cluster = manifest["spec"]["rayClusterConfig"]
+    cluster = _cluster(manifest)
     groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster["workerGroupSpecs"]]
     return [(name, group["template"]) for name, group in groups]
 
@@ -131,7 +137,8 @@ def test_autoscaling_and_the_haproxy_ingress_are_set_on_every_node(manifest, ser
 def test_the_pod_templates_pass_the_kubernetes_schema(manifest):
     import kubernetes_validate
 
-    for name, template in _pod_templates(manifest):
+    job = yaml.safe_load(JOB.read_text())
+    for name, template in _pod_templates(manifest) + _pod_templates(job):
         pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name},
                         "template": template}
         kubernetes_validate.validate(pod_template, "1.30.0", strict=True)
@@ -150,3 +157,56 @@ def test_the_rayservice_passes_the_kuberay_crd_schema(manifest):
     crd = yaml.safe_load(Path(os.environ["KUBERAY_CRD"]).read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == manifest["apiVersion"].split("/")[1])
     jsonschema.validate(manifest, version["schema"]["openAPIV3Schema"])
+
+
+@pytest.mark.parametrize("path", [MANIFEST, JOB], ids=["rayservice", "rayjob"])
+def test_the_ray_token_comes_from_a_required_secret_and_no_pod_runs_as_root(path):
+    doc = yaml.safe_load(path.read_text())
+    assert _cluster(doc)["authOptions"] == {"mode": "token", "secretName": "modelyard-ray-token"}
+    for name, template in _pod_templates(doc):
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0, name
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+            for env in container.get("env", []):  # a secret that is there or the pod does not start
+                assert not env.get("valueFrom", {}).get("secretKeyRef", {}).get("optional"), (name, env["name"])
+    assert "USER 1000:1000" in (REPO / "infra" / "kuberay" / "Dockerfile").read_text()
+
+
+def test_the_serving_token_is_required_by_the_rayservice(manifest):
+    for name, template in _pod_templates(manifest):
+        env = {e["name"]: e for c in template["spec"]["containers"] for e in c.get("env", [])}
+        assert env["MODELYARD_SERVE_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "modelyard", "key": "serve-token"}
+
+
+def test_the_network_policy_passes_the_kubernetes_schema_and_opens_only_the_serve_port_to_all():
+    import kubernetes_validate
+
+    policy = yaml.safe_load(POLICY.read_text())
+    kubernetes_validate.validate(policy, "1.30.0", strict=True)
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "modelyard"}
+    open_to_all = [rule for rule in policy["spec"]["ingress"] if "from" not in rule]
+    assert [p["port"] for rule in open_to_all for p in rule["ports"]] == [8000]
+    for path in (MANIFEST, JOB):  # every pod the policy is meant for carries its label
+        for name, template in _pod_templates(yaml.safe_load(path.read_text())):
+            assert template["metadata"]["labels"]["app.kubernetes.io/name"] == "modelyard", (path.name, name)
+
+
+def test_the_rayjob_runs_a_pipeline_the_cli_accepts():
+    """The entrypoint is `modelyard pipeline` with a recipe and -S settings that the config accepts."""
+    import shlex
+
+    from modelyard.config import load_config
+
+    job = yaml.safe_load(JOB.read_text())
+    words = shlex.split(job["spec"]["entrypoint"])
+    assert words[:2] == ["modelyard", "pipeline"] and words[2] == "--recipe"
+    sets = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "-S")
+    overrides: dict = {"recipe": words[3]}
+    for key, value in sets.items():
+        section, field = key.split(".", 1)
+        overrides.setdefault(section, {})[field] = yaml.safe_load(value)
+    cfg = load_config(REPO / "params.yaml", overrides)
+    assert cfg.train.num_workers == 4 and cfg.train.storage.startswith("s3://")
+    assert job["spec"]["shutdownAfterJobFinishes"] is True

@@ -315,6 +315,57 @@ def test_a_restart_keeps_models_aliases_runs_deployments_and_history_and_serving
     assert "registered champion(s)" in up.stdout
 
 
+def listening_sockets(pids: set[int]) -> list[tuple[str, int, int, str]]:
+    """(address, port, pid, command) of every TCP socket in LISTEN that one of `pids` holds, read from
+    /proc/<pid>/fd (socket inodes) and /proc/net/tcp, tcp6."""
+    import ipaddress
+
+    owner: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owner[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table, width in (("tcp", 4), ("tcp6", 16)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in owner:
+                continue
+            hex_ip, hex_port = local.split(":")
+            raw = bytes.fromhex(hex_ip)
+            # /proc prints each 32-bit word of the address in host (little-endian) order
+            packed = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
+            address = ipaddress.ip_address(packed)
+            address = address.ipv4_mapped or address if address.version == 6 else address
+            cmd = Path(f"/proc/{owner[inode]}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            found.append((str(address), int(hex_port, 16), owner[inode], cmd))
+    return found
+
+
+def test_nothing_of_the_stack_listens_beyond_loopback_but_what_the_readme_names(stack):
+    """Every listening socket of the stack's processes: on 127.0.0.1, except Ray Serve's replicas'
+    inter-deployment gRPC servers (Ray 2.60 binds them to [::]:0; they ask for the Ray token), which README's
+    "What listens where" names. A new listener on another address fails here until it is named there."""
+    import ipaddress
+
+    readme = (REPO / "README.md").read_text()
+    sockets = listening_sockets(set(stack_processes(stack)))
+    assert len(sockets) >= 6, sockets  # Prefect, MLflow, Ray's GCS and dashboard, Serve's ingress, at least
+    outside = [(a, p, cmd) for a, p, _, cmd in sockets if not ipaddress.ip_address(a).is_loopback]
+    named = {"ray::ServeReplica": "inter-deployment gRPC server"}
+    unnamed = [s for s in outside if not any(s[2].startswith(prefix) for prefix in named)]
+    assert not unnamed, f"listening beyond loopback, not named in README's What listens where: {unnamed}"
+    for what in named.values():
+        assert what in readme
+    print(f"\n{len(sockets)} listening sockets, {len(outside)} beyond loopback: "
+          f"{sorted({cmd for _, _, cmd in outside})}")
+
+
 def test_down_leaves_no_process_and_no_listener(stack):
     before = stack_processes(stack)
     assert before, "no stack process found before `down`"
