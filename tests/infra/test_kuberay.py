@@ -175,7 +175,7 @@ def test_the_ray_token_comes_from_a_required_secret_and_no_pod_runs_as_root(path
 
 
 def test_the_serving_token_is_required_by_the_rayservice(manifest):
-    for name, template in _pod_templates(manifest):
+    for _, template in _pod_templates(manifest):
         env = {e["name"]: e for c in template["spec"]["containers"] for e in c.get("env", [])}
         assert env["MODELYARD_SERVE_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "modelyard", "key": "serve-token"}
 
