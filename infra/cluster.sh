@@ -9,6 +9,12 @@
 #   infra/cluster.sh exec NODE CMD...   run CMD on node NODE (its network, its /tmp, the cluster's Ray address)
 #   infra/cluster.sh kill NODE          SIGKILL every process of node NODE: a machine lost
 #   infra/cluster.sh start NODE         start node NODE's Ray again (a lost machine back)
+# With CLUSTER_CONTROL_PLANE=1 (make cluster-up's default) `up` also starts the stack's production stores on
+# the head, bound to its address and each asking for credentials: PostgreSQL (Debian's, as user postgres,
+# data under the cluster's folder), MLflow on it behind its basic-auth app with the artifact proxy, Prefect's
+# server on it behind its auth string, the `modelyard` process work pool with the training deployment, and a
+# Prefect worker on node 1 (flow runs execute there, not in a runner beside the server). The credentials are
+# made once per cluster in $DIR/secrets (0700) and given to every node, as a real cluster's secret store would.
 # On real machines the same happens with `ray start --head` on one and `ray start --address HEAD:6379` on the
 # others (README, "Cluster"); nothing else of the stack changes.
 set -euo pipefail
@@ -23,11 +29,15 @@ NET="${CLUSTER_NET:-10.87.0}"            # the bridge's /24; the host is .1, nod
 HEAD_CPUS="${CLUSTER_HEAD_CPUS:-0}"      # the head runs the control plane (GCS, Serve's controller), no work
 WORKER_CPUS="${CLUSTER_WORKER_CPUS:-1}"
 OBJECT_STORE_BYTES="${CLUSTER_OBJECT_STORE_BYTES:-300000000}"
+INGRESS="${CLUSTER_INGRESS:-haproxy}"    # Serve's ingress on every node: haproxy or proxy
 DIR="$RUN_DIR/cluster/$NAME"
 BRIDGE="$NAME-br"
 HEAD_IP="$NET.10"
 export RAY_ADDRESS="$HEAD_IP:$RAY_PORT"
 unset RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER  # the nodes' addresses are not loopback: Ray must use them as given
+
+CONTROL_PLANE="${CLUSTER_CONTROL_PLANE:-0}"
+PG_PORT="${CLUSTER_PG_PORT:-5432}"
 
 say() { printf '\033[1m[cluster]\033[0m %s\n' "$*"; }
 ns() { echo "$NAME-n$1"; }
@@ -67,7 +77,10 @@ start_ray() {  # start_ray I: node I's Ray in the foreground of its own session,
   fi
   # Gloo (torch.distributed on CPUs) finds its own address from the hostname, which every namespace shares
   # (and which resolves to loopback here): name the interface, as a real cluster's nodes often must too.
-  GLOO_SOCKET_IFNAME=eth0 on_node "$i" setsid "$VENV/ray" start --block --node-ip-address "$(ip_of "$i")" "${args[@]}" \
+  # Serve's ingress on every node is HAProxy (CLUSTER_INGRESS=proxy: Ray's proxy actor); its files stay in
+  # the node's own /tmp.
+  GLOO_SOCKET_IFNAME=eth0 RAY_SERVE_ENABLE_HA_PROXY="$([[ $INGRESS == haproxy ]] && echo 1 || echo 0)" \
+    on_node "$i" setsid "$VENV/ray" start --block --node-ip-address "$(ip_of "$i")" "${args[@]}" \
     --object-store-memory "$OBJECT_STORE_BYTES" --disable-usage-stats >"$DIR/n$i/ray.log" 2>&1 </dev/null &
   echo $! >"$DIR/n$i/ray.pid"
 }
@@ -104,12 +117,104 @@ up() {
   ip addr add "$NET.1/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   for ((i = 0; i < count; i++)); do make_node "$i"; done
+  (( CONTROL_PLANE )) && make_secrets
+  load_secrets
   start_ray 0
   wait_alive 1 120
   for ((i = 1; i < count; i++)); do start_ray "$i"; done
   wait_alive "$count" 180
+  (( CONTROL_PLANE )) && control_plane_up
   say "head $RAY_ADDRESS (dashboard http://$HEAD_IP:$RAY_DASHBOARD_PORT), workers $(
     for ((i = 1; i < count; i++)); do printf '%s ' "$(ip_of "$i")"; done)on bridge $BRIDGE"
+}
+
+secret() { (umask 077 && "$VENV/python" -c 'import secrets; print(secrets.token_urlsafe(24), end="")' >"$DIR/secrets/$1"); }
+
+make_secrets() {
+  mkdir -p -m 700 "$DIR/secrets"
+  secret pg_password; secret mlflow_password; secret mlflow_flask_key; secret prefect_password
+}
+
+load_secrets() {  # the control plane's addresses and credentials, for the nodes and `exec`
+  [[ -d "$DIR/secrets" ]] || return 0
+  local pg mlflow_pw
+  pg=$(cat "$DIR/secrets/pg_password") mlflow_pw=$(cat "$DIR/secrets/mlflow_password")
+  export PG_URL_BASE="modelyard:$pg@$HEAD_IP:$PG_PORT"
+  export MLFLOW_TRACKING_URI="http://$HEAD_IP:$MLFLOW_PORT" MLFLOW_TRACKING_USERNAME=admin
+  export MLFLOW_TRACKING_PASSWORD="$mlflow_pw"
+  export PREFECT_API_URL="http://$HEAD_IP:$PREFECT_PORT/api"
+  PREFECT_API_AUTH_STRING="modelyard:$(cat "$DIR/secrets/prefect_password")"
+  export PREFECT_API_AUTH_STRING PREFECT_SERVER_API_AUTH_STRING="$PREFECT_API_AUTH_STRING"
+}
+
+start_service() {  # start_service NAME NODE CMD...: in NODE's namespaces and a session of its own, logged
+  local name=$1 node=$2; shift 2
+  mkdir -p "$DIR/logs"
+  on_node "$node" setsid "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$DIR/$name.pid"
+}
+
+wait_for() {  # wait_for NAME TIMEOUT CMD...: until CMD succeeds
+  local name=$1 timeout=$2 t=0; shift 2
+  until "$@" >/dev/null 2>&1; do
+    sleep 1; t=$((t + 1))
+    (( t < timeout )) || { say "$name not ready after ${timeout}s:"; tail -n 30 "$DIR/logs/$name.log"; exit 1; }
+  done
+  say "$name ready (${t}s)"
+}
+
+running_curl() {  # running_curl NAME URL: NAME's process is alive and URL answers (a dead one ends the wait)
+  kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null || { say "$1 exited:"; tail -n 30 "$DIR/logs/$1.log"; exit 1; }
+  curl -sf "$2"
+}
+
+control_plane_up() {
+  local pg_bin pgdata
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [[ -x "$pg_bin/postgres" ]] || { say "PostgreSQL is not installed (make cluster-up installs Debian's postgresql)"; exit 1; }
+  pgdata="$DIR/postgres/data"
+  install -d -o postgres -g postgres -m 700 "$DIR/postgres"
+  install -o postgres -m 600 "$DIR/secrets/pg_password" "$DIR/postgres/pw"
+  runuser -u postgres -- "$pg_bin/initdb" -D "$pgdata" -U postgres --pwfile="$DIR/postgres/pw" \
+    --auth-local=peer --auth-host=scram-sha-256 >"$DIR/postgres/initdb.log" 2>&1
+  rm -f "$DIR/postgres/pw"
+  echo "host all modelyard $NET.0/24 scram-sha-256" >>"$pgdata/pg_hba.conf"
+  # PostgreSQL refuses to run as root: Debian's user `postgres` runs it, inside the head's namespaces.
+  start_service postgres 0 runuser -u postgres -- "$pg_bin/postgres" -D "$pgdata" -c "listen_addresses=$HEAD_IP" \
+    -c "port=$PG_PORT" -c "unix_socket_directories=$DIR/postgres"
+  wait_for postgres 60 on_node 0 runuser -u postgres -- psql -h "$DIR/postgres" -p "$PG_PORT" -c "select 1"
+  on_node 0 runuser -u postgres -- psql -q -h "$DIR/postgres" -p "$PG_PORT" \
+    -c "CREATE ROLE modelyard LOGIN PASSWORD '$(cat "$DIR/secrets/pg_password")'" \
+    -c "CREATE DATABASE mlflow OWNER modelyard" -c "CREATE DATABASE mlflow_auth OWNER modelyard" \
+    -c "CREATE DATABASE prefect OWNER modelyard"
+
+  cat >"$DIR/secrets/mlflow_auth.ini" <<INI
+[mlflow]
+default_permission = READ
+database_uri = postgresql+psycopg://$PG_URL_BASE/mlflow_auth
+admin_username = admin
+admin_password = $MLFLOW_TRACKING_PASSWORD
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+  MLFLOW_AUTH_CONFIG_PATH="$DIR/secrets/mlflow_auth.ini" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+  MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$DIR/secrets/mlflow_flask_key")" \
+  MLFLOW_BACKEND_STORE_URI="postgresql+psycopg://$PG_URL_BASE/mlflow" \
+    start_service mlflow 0 "$VENV/mlflow" server --app-name basic-auth --host "$HEAD_IP" --port "$MLFLOW_PORT" \
+      --workers 1 --serve-artifacts --artifacts-destination "$DIR/mlflow-artifacts" --allowed-hosts "$HEAD_IP:$MLFLOW_PORT"
+  PREFECT_HOME="$DIR/prefect" PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://$PG_URL_BASE/prefect" \
+  PREFECT_SERVER_API_HOST="$HEAD_IP" PREFECT_UI_API_URL="$PREFECT_API_URL" \
+    start_service prefect 0 "$VENV/prefect" server start --host "$HEAD_IP" --port "$PREFECT_PORT"
+  wait_for mlflow 120 running_curl mlflow "http://$HEAD_IP:$MLFLOW_PORT/health"
+  wait_for prefect 120 running_curl prefect "$PREFECT_API_URL/health"
+  export PREFECT_HOME="$DIR/prefect"
+  on_node 0 "$VENV/prefect" work-pool create modelyard --type process --overwrite >"$DIR/logs/pool.log" 2>&1
+  on_node 0 "$VENV/python" -m pipelines.serve_deployments --pool modelyard "$MODELYARD_PARAMS" \
+    >>"$DIR/logs/pool.log" 2>&1 || { say "registering the deployment failed:"; tail -n 30 "$DIR/logs/pool.log"; exit 1; }
+  local worker_node=$(( $(nodes) > 1 ? 1 : 0 ))
+  start_service worker "$worker_node" "$VENV/prefect" worker start --pool modelyard --type process \
+    --name "node-$worker_node"
+  say "control plane on $HEAD_IP: PostgreSQL :$PG_PORT, MLflow :$MLFLOW_PORT (basic auth), Prefect :$PREFECT_PORT" \
+      "(auth string), work pool modelyard with a worker on node $worker_node; credentials in ${DIR#"$ROOT"/}/secrets"
 }
 
 kill_node() {  # every process in the node's network namespace, SIGKILL, until none is left
@@ -153,8 +258,8 @@ case "${1:-}" in
   up) up "${2:-${NODES:-3}}" ;;
   down) down ;;
   status) status ;;
-  exec) shift; i=$1; shift; on_node "$i" "$@" ;;
+  exec) shift; i=$1; shift; load_secrets; [[ -d "$DIR/secrets" ]] && export PREFECT_HOME="$DIR/prefect"; on_node "$i" "$@" ;;
   kill) kill_node "$2"; say "node $2 killed" ;;
-  start) start_ray "$2"; wait_alive "$(nodes)" 180 ;;
+  start) load_secrets; start_ray "$2"; wait_alive "$(nodes)" 180 ;;
   *) echo "usage: $0 up [NODES] | down | status | exec NODE CMD... | kill NODE | start NODE" >&2; exit 2 ;;
 esac

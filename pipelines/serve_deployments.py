@@ -2,12 +2,17 @@
 
 `make up` runs this in the background: the deployment then appears in the UI, its form prefilled with
 params.yaml's run, and its Run button executes the flow in this process's subprocesses.
+
+`--pool NAME` (the cluster's control plane) registers the deployment with a work pool instead and exits:
+runs then execute wherever a worker of that pool runs (`prefect worker start --pool NAME`), from this
+checkout's code, which every node of the cluster has at the same path.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from modelyard.forms import form_defaults
 from modelyard.runtime import configure_environment, configure_logging
@@ -18,18 +23,32 @@ def deployment_parameters(params_path: str = "params.yaml") -> dict:
     return form_defaults(params_path) | {"deploy": True}
 
 
+DESCRIPTION = "Train, evaluate, register and (when promoted) serve a model. Edit the form to change a run."
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def main() -> None:
     configure_environment()
     configure_logging()
-    params_path = sys.argv[1] if len(sys.argv) > 1 else "params.yaml"
+    args = sys.argv[1:]
+    pool = None
+    if args[:1] == ["--pool"]:
+        pool, args = args[1], args[2:]
+    params_path = args[0] if args else "params.yaml"
     os.environ["MODELYARD_PARAMS"] = params_path  # the flow runs in subprocesses, which read it
-    training_pipeline.serve(
-        name="training-pipeline",
-        parameters=deployment_parameters(params_path),
-        tags=["modelyard", "training"],
-        description="Train, evaluate, register and (when promoted) serve a model. Edit the form to change a run.",
-        pause_on_shutdown=False,
-    )
+    if pool:
+        deploy_to_pool(pool, params_path)
+        return
+    training_pipeline.serve(name="training-pipeline", parameters=deployment_parameters(params_path),
+                            tags=["modelyard", "training"], description=DESCRIPTION, pause_on_shutdown=False)
+
+
+def deploy_to_pool(pool: str, params_path: str) -> None:
+    """The deployment on work pool `pool`: its runs execute in this checkout, with this parameter file."""
+    flow = training_pipeline.from_source(source=str(ROOT), entrypoint="pipelines/training.py:training_pipeline")
+    flow.deploy(name="training-pipeline", work_pool_name=pool, parameters=deployment_parameters(params_path),
+                tags=["modelyard", "training"], description=DESCRIPTION, build=False, push=False,
+                job_variables={"working_dir": str(ROOT), "env": {"MODELYARD_PARAMS": str(Path(params_path).resolve())}})
 
 
 if __name__ == "__main__":

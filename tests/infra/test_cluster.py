@@ -149,3 +149,120 @@ def test_a_worker_node_killed_mid_run_the_training_resumes_from_its_checkpoint(c
     assert train["resumed_after_epochs"][:1] == [int(resumed[0])]
     print(f"\nnode 2 SIGKILLed, back after 5 s: resumed after epoch {resumed[0]}, run done "
           f"{time.monotonic() - killed_at:.0f} s after the kill; test accuracy {_test_accuracy(shared):.4f}")
+
+
+SERVE_PARAMS = """
+recipe: vowels-lstm
+data: {{dataset: japanese_vowels}}
+model: {{name: lstm}}
+registry: {{tracking_uri: "http://{head}:5000"}}
+serve:
+  host: 0.0.0.0
+  port: 8000
+  ingress: haproxy
+  replicas: 2
+  replica_cpus: 0.5
+  replica_threads: 1
+  follow_aliases_s: 0
+paths: {{data_dir: "{data}"}}
+"""
+
+PLACEMENT = """
+import json, ray
+from ray.util.state import list_actors
+ray.init(logging_level="ERROR")
+ip = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
+print(json.dumps(sorted(ip[a.node_id] for a in actors if a.class_name.startswith("ServeReplica:japanese"))))
+"""
+
+
+def replica_nodes(cluster: Cluster) -> list[str]:
+    done = cluster.script("exec", "0", str(REPO / ".venv/bin/python"), "-c", PLACEMENT, timeout=120)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def served(cluster):
+    """An MLflow server on the head (artifacts proxied: no node reads another's disk), a champion trained on
+    the worker nodes and registered there, and Serve on every node with HAProxy as its ingress."""
+    fetched("japanese_vowels")
+    shared = cluster.run_dir / "serving"
+    shared.mkdir(parents=True, exist_ok=True)
+    head = f"{NET}.10"
+    mlflow = subprocess.Popen(
+        ["infra/cluster.sh", "exec", "0", str(REPO / ".venv/bin/mlflow"), "server", "--host", head, "--port", "5000",
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{shared / 'mlflow.db'}", "--serve-artifacts",
+         "--artifacts-destination", str(shared / "mlflow-artifacts")],
+        cwd=REPO, env=cluster.env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=open(shared / "mlflow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        params = shared / "params.yaml"
+        params.write_text(SERVE_PARAMS.format(head=head, data=REPO / "tests" / ".data"))
+        train = subprocess.run(
+            ["infra/cluster.sh", "exec", "0", str(REPO / ".venv/bin/modelyard"), "pipeline", "-p", str(params),
+             "-S", f"paths.artifacts_dir={shared / 'artifacts'}", "-S", f"train.storage={shared / 'checkpoints'}",
+             "-S", "train.num_workers=2"], cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=900)
+        assert train.returncode == 0, f"{train.stdout[-3000:]}\n{train.stderr[-5000:]}"
+        started = time.monotonic()
+        deploy = subprocess.run(["infra/cluster.sh", "exec", "0", str(REPO / ".venv/bin/python"), "-m", "serving",
+                                 str(params)], cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=900)
+        assert deploy.returncode == 0, f"{deploy.stdout[-3000:]}\n{deploy.stderr[-5000:]}"
+        print(f"\nserved on the cluster in {time.monotonic() - started:.0f} s")
+        yield shared
+    finally:
+        os.killpg(mlflow.pid, 9)
+        mlflow.wait(30)
+
+
+def test_serving_spreads_over_the_nodes_and_a_node_lost_under_load_fails_almost_nothing(cluster, served):
+    """Load through two nodes' ingresses (the head's and node 1's HAProxy); node 2, which holds a replica, is
+    SIGKILLed 15 s in: at most 0.1% of the requests fail, and its replica comes back on the nodes left."""
+    import threading
+
+    import requests
+
+    from modelyard.data.dataset import load_split
+
+    assert set(replica_nodes(cluster)) == {f"{NET}.11", f"{NET}.12"}  # spread: one replica on each worker node
+    test = load_split(fetched("japanese_vowels"), "test")
+    bodies = [{"series": test.series[i].tolist()} for i in range(0, len(test), 37)]
+    urls = [f"http://{NET}.10:8000/japanese-vowels-lstm/predict", f"http://{NET}.11:8000/japanese-vowels-lstm/predict"]
+    for url in urls:
+        answer = requests.post(url, json=bodies[0], timeout=30)
+        assert answer.status_code == 200 and answer.json()["model"]["name"] == "japanese-vowels-lstm", answer.text
+
+    results: list[int] = []
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        session, n = requests.Session(), k
+        while not stop.is_set():
+            try:
+                status = session.post(urls[n % 2], json=bodies[n % len(bodies)], timeout=30).status_code
+            except requests.RequestException:
+                status = 0  # a dropped connection is a failure too
+            results.append(status)
+            n += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(15)
+    killed_at, before_kill = time.monotonic(), len(results)
+    cluster.script("kill", "2")
+    time.sleep(45)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    failed = [s for s in results if s != 200]
+    share = len(failed) / len(results)
+    deadline = time.monotonic() + 120
+    while (nodes := replica_nodes(cluster)) != [f"{NET}.11", f"{NET}.11"] and time.monotonic() < deadline:
+        time.sleep(3)
+    print(f"\nnode 2 SIGKILLed under load (concurrency 4, through {NET}.10 and {NET}.11): {len(results)} requests "
+          f"({before_kill} before the kill), {len(failed)} failed ({share:.3%}: {sorted(set(failed))}); replicas "
+          f"then on {nodes}, {time.monotonic() - killed_at:.0f} s after the kill")
+    assert share <= 0.001, f"{len(failed)} of {len(results)} failed: {sorted(set(failed))}"
+    assert nodes == [f"{NET}.11", f"{NET}.11"]  # both replicas on the worker node left
+    cluster.script("start", "2", timeout=300)  # the machine back, for whatever runs next
