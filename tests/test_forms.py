@@ -148,6 +148,7 @@ def test_a_flow_run_cannot_name_a_file_outside_the_data_and_artifact_roots(famil
 
 def test_a_file_inside_the_roots_and_the_named_choices_are_accepted(tmp_path):
     inside = REPO / "artifacts" / "weights-for-a-form-test.pt"
+    inside.parent.mkdir(exist_ok=True)  # a fresh clone has no artifacts/ yet
     inside.write_bytes(b"")
     try:
         cfg = config_from_form(PARAMS, NO_RECIPE, form_defaults(PARAMS) | {"model": {"name": "transfer",

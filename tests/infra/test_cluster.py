@@ -28,6 +28,23 @@ pytestmark = [pytest.mark.stack, pytest.mark.integration, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root (CI runs as root)")]
 
 NET = "10.88.0"
+HEAD = f"{NET}.10"
+# The runner's parameter file of the cluster's deployment: JapaneseVowels from the checkout's test data, served
+# on every node's address with HAProxy as the ingress, two replicas of half a CPU each.
+CLUSTER_PARAMS = """
+recipe: vowels-lstm
+data: {{dataset: japanese_vowels}}
+model: {{name: lstm}}
+serve:
+  host: 0.0.0.0
+  port: 8000
+  ingress: haproxy
+  replicas: 2
+  replica_cpus: 0.5
+  replica_threads: 1
+  follow_aliases_s: 0
+paths: {{data_dir: "{data}", artifacts_dir: "{artifacts}"}}
+"""
 
 
 class Cluster:
@@ -74,10 +91,16 @@ def leftovers(name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Three nodes; removed afterwards, and checked to be gone."""
+    """Three nodes with the control plane on the head (PostgreSQL, MLflow, Prefect, a worker on node 1);
+    removed afterwards, and checked to be gone."""
     name = f"t{uuid.uuid4().hex[:4]}"
     run_dir = REPO / "tests" / ".artifacts" / f"cluster-{name}"  # in the checkout: every node sees it
     cluster = Cluster(name, run_dir)
+    fetched("japanese_vowels")  # into the checkout's test data, which every node reads (they have no internet)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = run_dir / "params.yaml"
+    params.write_text(CLUSTER_PARAMS.format(data=REPO / "tests" / ".data", artifacts=run_dir / "flow-artifacts"))
+    cluster.env |= {"CLUSTER_CONTROL_PLANE": "1", "MODELYARD_PARAMS": str(params)}
     started = time.monotonic()
     try:
         up = cluster.script("up", "3", timeout=400)
@@ -151,22 +174,6 @@ def test_a_worker_node_killed_mid_run_the_training_resumes_from_its_checkpoint(c
           f"{time.monotonic() - killed_at:.0f} s after the kill; test accuracy {_test_accuracy(shared):.4f}")
 
 
-SERVE_PARAMS = """
-recipe: vowels-lstm
-data: {{dataset: japanese_vowels}}
-model: {{name: lstm}}
-registry: {{tracking_uri: "http://{head}:5000"}}
-serve:
-  host: 0.0.0.0
-  port: 8000
-  ingress: haproxy
-  replicas: 2
-  replica_cpus: 0.5
-  replica_threads: 1
-  follow_aliases_s: 0
-paths: {{data_dir: "{data}"}}
-"""
-
 PLACEMENT = """
 import json, ray
 from ray.util.state import list_actors
@@ -183,36 +190,68 @@ def replica_nodes(cluster: Cluster) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def served(cluster):
-    """An MLflow server on the head (artifacts proxied: no node reads another's disk), a champion trained on
-    the worker nodes and registered there, and Serve on every node with HAProxy as its ingress."""
-    fetched("japanese_vowels")
-    shared = cluster.run_dir / "serving"
-    shared.mkdir(parents=True, exist_ok=True)
-    head = f"{NET}.10"
-    mlflow = subprocess.Popen(
-        ["infra/cluster.sh", "exec", "0", str(REPO / ".venv/bin/mlflow"), "server", "--host", head, "--port", "5000",
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{shared / 'mlflow.db'}", "--serve-artifacts",
-         "--artifacts-destination", str(shared / "mlflow-artifacts")],
-        cwd=REPO, env=cluster.env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=open(shared / "mlflow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        params = shared / "params.yaml"
-        params.write_text(SERVE_PARAMS.format(head=head, data=REPO / "tests" / ".data"))
-        train = subprocess.run(
-            ["infra/cluster.sh", "exec", "0", str(REPO / ".venv/bin/modelyard"), "pipeline", "-p", str(params),
-             "-S", f"paths.artifacts_dir={shared / 'artifacts'}", "-S", f"train.storage={shared / 'checkpoints'}",
-             "-S", "train.num_workers=2"], cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=900)
-        assert train.returncode == 0, f"{train.stdout[-3000:]}\n{train.stderr[-5000:]}"
-        started = time.monotonic()
-        deploy = subprocess.run(["infra/cluster.sh", "exec", "0", str(REPO / ".venv/bin/python"), "-m", "serving",
-                                 str(params)], cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=900)
-        assert deploy.returncode == 0, f"{deploy.stdout[-3000:]}\n{deploy.stderr[-5000:]}"
-        print(f"\nserved on the cluster in {time.monotonic() - started:.0f} s")
-        yield shared
-    finally:
-        os.killpg(mlflow.pid, 9)
-        mlflow.wait(30)
+def champion(cluster):
+    """The deployment run through Prefect's API with its auth string, as the UI's Run button does: executed by
+    the worker on node 1, trained on the worker nodes, registered in MLflow on PostgreSQL. Returns the run."""
+    import requests
+
+    secrets = cluster.run_dir / "cluster" / cluster.name / "secrets"
+    auth = ("modelyard", (secrets / "prefect_password").read_text())
+    api = f"http://{HEAD}:4200/api"
+    deployment = requests.get(f"{api}/deployments/name/training-pipeline/training-pipeline", auth=auth, timeout=10)
+    assert deployment.ok, deployment.text
+    started = time.monotonic()
+    created = requests.post(f"{api}/deployments/{deployment.json()['id']}/create_flow_run", auth=auth, timeout=10,
+                            json={"parameters": {"deploy": False}})
+    assert created.ok, created.text
+    while True:
+        run = requests.get(f"{api}/flow_runs/{created.json()['id']}", auth=auth, timeout=10).json()
+        if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        assert time.monotonic() - started < 900, "the flow run did not finish in 15 min"
+        time.sleep(3)
+    logs = (cluster.run_dir / "cluster" / cluster.name / "logs" / "worker.log").read_text()
+    assert run["state_type"] == "COMPLETED", f"{run['state_name']}\n{logs[-5000:]}"
+    return {"run": run, "seconds": time.monotonic() - started, "auth": auth, "api": api, "deployment": deployment.json(),
+            "mlflow": ("admin", (secrets / "mlflow_password").read_text()), "worker_log": logs}
+
+
+def test_a_flow_run_from_the_api_with_the_auth_string_runs_on_the_worker_node_over_postgresql(cluster, champion):
+    import requests
+
+    run, api = champion["run"], champion["api"]
+    assert run["work_pool_name"] == "modelyard" and run["name"] in champion["worker_log"]
+    assert "Worker 'node-1'" in champion["worker_log"] or "node-1" in champion["worker_log"]
+    # Without the auth string: 401, and no run is made.
+    count = requests.post(f"{api}/flow_runs/count", json={}, auth=champion["auth"], timeout=10).json()
+    refused = requests.post(f"{api}/deployments/{champion['deployment']['id']}/create_flow_run", json={}, timeout=10)
+    assert refused.status_code == 401
+    assert requests.post(f"{api}/flow_runs/count", json={}, auth=champion["auth"], timeout=10).json() == count
+    # MLflow asks for its user too; with it, the champion the run promoted is there.
+    alias = f"http://{HEAD}:5000/api/2.0/mlflow/registered-models/alias"
+    query = {"name": "japanese-vowels-lstm", "alias": "champion"}
+    assert requests.get(alias, params=query, timeout=10).status_code == 401
+    found = requests.get(alias, params=query, auth=champion["mlflow"], timeout=10)
+    assert found.ok, found.text
+    # ... stored in PostgreSQL: the model version is a row of the mlflow database on the head.
+    rows = cluster.script("exec", "0", "runuser", "-u", "postgres", "--", "psql", "-h",
+                          str(cluster.run_dir / "cluster" / cluster.name / "postgres"), "-d", "mlflow", "-tAc",
+                          "select count(*) from model_versions where name = 'japanese-vowels-lstm'").stdout
+    assert int(rows.strip().splitlines()[-1]) >= 1
+    print(f"\nflow run {run['name']} from the Prefect API: completed on the worker of node 1 in "
+          f"{champion['seconds']:.0f} s; champion v{found.json()['model_version']['version']} in MLflow on PostgreSQL")
+
+
+@pytest.fixture(scope="module")
+def served(cluster, champion):
+    """The champion served on every node, HAProxy the ingress, deployed from the head."""
+    started = time.monotonic()
+    deploy = subprocess.run(["infra/cluster.sh", "exec", "0", str(REPO / ".venv/bin/python"), "-m", "serving",
+                             cluster.env["MODELYARD_PARAMS"]], cwd=REPO, env=cluster.env, capture_output=True,
+                            text=True, timeout=900)
+    assert deploy.returncode == 0, f"{deploy.stdout[-3000:]}\n{deploy.stderr[-5000:]}"
+    print(f"\nserved on the cluster in {time.monotonic() - started:.0f} s")
+    return deploy
 
 
 def test_serving_spreads_over_the_nodes_and_a_node_lost_under_load_fails_almost_nothing(cluster, served):
@@ -227,7 +266,7 @@ def test_serving_spreads_over_the_nodes_and_a_node_lost_under_load_fails_almost_
     assert set(replica_nodes(cluster)) == {f"{NET}.11", f"{NET}.12"}  # spread: one replica on each worker node
     test = load_split(fetched("japanese_vowels"), "test")
     bodies = [{"series": test.series[i].tolist()} for i in range(0, len(test), 37)]
-    urls = [f"http://{NET}.10:8000/japanese-vowels-lstm/predict", f"http://{NET}.11:8000/japanese-vowels-lstm/predict"]
+    urls = [f"http://{HEAD}:8000/japanese-vowels-lstm/predict", f"http://{NET}.11:8000/japanese-vowels-lstm/predict"]
     for url in urls:
         answer = requests.post(url, json=bodies[0], timeout=30)
         assert answer.status_code == 200 and answer.json()["model"]["name"] == "japanese-vowels-lstm", answer.text
