@@ -44,15 +44,37 @@ ns() { echo "$NAME-n$1"; }
 ip_of() { echo "$NET.$((10 + $1))"; }
 nodes() { cat "$DIR/nodes" 2>/dev/null || echo 0; }
 
-on_node() {  # on_node I CMD...: CMD in node I's network namespace, with node I's /tmp bound over /tmp
+boot_node() {  # boot_node I CMD...: CMD as the first process of node I: in its network namespace, with a mount
+  # namespace that binds the node's folder over /tmp and a PID namespace of its own. Ray's drivers find "their"
+  # raylet by listing the processes they can see: on a shared PID namespace a driver on a worker node would
+  # pick the head's. A checkout that lives under /tmp (a CI's clone) is bound back at its own path.
   local i=$1; shift
   mkdir -p "$DIR/n$i/tmp"
-  # A checkout that itself lives under /tmp (a CI's clone) is bound back into the node's /tmp at its own path,
-  # so the node still runs the project's code; nothing else of the machine's /tmp is seen.
-  ip netns exec "$(ns "$i")" unshare --mount --propagation private -- bash -c '
+  ip netns exec "$(ns "$i")" unshare --mount --propagation private --pid --fork --mount-proc -- bash -c '
     tmp=$0 root=$1; shift
     if [[ $root == /tmp/* ]]; then mkdir -p "$tmp/${root#/tmp/}" && mount --bind "$root" "$tmp/${root#/tmp/}"; fi
     mount --rbind "$tmp" /tmp && exec "$@"' "$DIR/n$i/tmp" "$ROOT" "$@"
+}
+
+node_init() {  # the host pid of node I's first process (its PID namespace's init), once it runs
+  local t p ours queue ns
+  ours=$(readlink /proc/self/ns/pid)
+  for ((t = 0; t < 100; t++)); do
+    queue=("$(cat "$DIR/n$1/boot.pid")")
+    while (( ${#queue[@]} )); do  # breadth-first below the background job: the first process in another PID ns
+      p=${queue[0]}; queue=("${queue[@]:1}")
+      ns=$(readlink "/proc/$p/ns/pid" 2>/dev/null || true)
+      if [[ -n "$ns" && "$ns" != "$ours" ]]; then echo "$p"; return 0; fi
+      mapfile -t -O "${#queue[@]}" queue < <(pgrep -P "$p")
+    done
+    sleep 0.1
+  done
+  return 1
+}
+
+on_node() {  # on_node I CMD...: CMD inside node I (its network, mount and PID namespaces), as a machine's shell
+  local i=$1; shift
+  nsenter --target "$(cat "$DIR/n$i/init.pid")" --net --mount --pid --wd="$PWD" -- "$@"
 }
 
 make_node() {  # a namespace with a veth on the bridge, its address, loopback up
@@ -80,9 +102,10 @@ start_ray() {  # start_ray I: node I's Ray in the foreground of its own session,
   # Serve's ingress on every node is HAProxy (CLUSTER_INGRESS=proxy: Ray's proxy actor); its files stay in
   # the node's own /tmp.
   GLOO_SOCKET_IFNAME=eth0 RAY_SERVE_ENABLE_HA_PROXY="$([[ $INGRESS == haproxy ]] && echo 1 || echo 0)" \
-    on_node "$i" setsid "$VENV/ray" start --block --node-ip-address "$(ip_of "$i")" "${args[@]}" \
+    boot_node "$i" "$VENV/ray" start --block --node-ip-address "$(ip_of "$i")" "${args[@]}" \
     --object-store-memory "$OBJECT_STORE_BYTES" --disable-usage-stats >"$DIR/n$i/ray.log" 2>&1 </dev/null &
-  echo $! >"$DIR/n$i/ray.pid"
+  echo $! >"$DIR/n$i/boot.pid"
+  node_init "$i" >"$DIR/n$i/init.pid" || { say "node $i did not start:"; tail -n 20 "$DIR/n$i/ray.log"; exit 1; }
 }
 
 alive_nodes() {  # how many nodes Ray's GCS counts alive, asked from the head
@@ -238,6 +261,7 @@ down() {
     ip netns list | grep -qw "$(ns "$i")" || continue
     kill_node "$i"
     ip netns del "$(ns "$i")"
+    ip link del "$NAME-v$i" 2>/dev/null || true  # the kernel drops the pair itself, but later than this returns
   done
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
   rm -rf --one-file-system "$DIR"  # the nodes' mounts lived in their own mount namespaces, gone with them

@@ -73,7 +73,17 @@ def _run_settings(shared: Path) -> list[str]:
 
 
 def leftovers(name: str) -> list[str]:
-    """Namespaces, links and processes of cluster `name` still there."""
+    """Namespaces, links and processes of cluster `name` still there, after the kernel has had 10 s to remove
+    the veth pairs of deleted namespaces (it does that in the background)."""
+    for _ in range(20):
+        found = _leftovers(name)
+        if not found:
+            return found
+        time.sleep(0.5)
+    return found
+
+
+def _leftovers(name: str) -> list[str]:
     found = [f"netns {n}" for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
              if n.startswith(f"{name}-")]
     found += [f"link {line.split(':')[1].strip()}" for line in
