@@ -15,7 +15,7 @@ PIPFILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || 
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \
        RAY_USAGE_STATS_ENABLED=0 DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false ORT_DISABLE_TELEMETRY=1
 
-.PHONY: help setup browser data up run down status serve test reliability test-fast repro bench clean cluster-up cluster-down cluster-status
+.PHONY: help setup browser data up run down status serve test reliability test-fast repro bench clean cluster-up cluster-down cluster-status postgres
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -61,8 +61,15 @@ run: data up  ## everything: install, fetch, start the stack, run the pipeline o
 down:  ## stop everything `make up` / `make run` started (by recorded pids)
 	@infra/stack.sh down
 
-cluster-up: setup  ## a Ray cluster on this machine: NODES=3 network namespaces on a bridge (root), joined with the token
-	@infra/cluster.sh up $(or $(NODES),3)
+# The cluster's control plane runs Debian's PostgreSQL (as user postgres); installed once with apt-get.
+postgres:  ## install Debian's postgresql for the cluster's control plane (apt-get; once)
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && exit 0
+	echo "==> installing Debian's postgresql for the cluster's control plane"
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo )
+	$$SUDO apt-get install -y -q postgresql >/dev/null || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q postgresql >/dev/null; }
+
+cluster-up: setup postgres  ## a cluster on this machine: NODES=3 namespaces on a bridge (root), Ray + the control plane
+	@CLUSTER_CONTROL_PLANE=$(or $(CONTROL_PLANE),1) infra/cluster.sh up $(or $(NODES),3)
 
 cluster-down:  ## remove every namespace, link and process cluster-up made
 	@infra/cluster.sh down
@@ -77,7 +84,7 @@ serve: setup  ## (re)deploy every task's champion to the running stack's Ray clu
 	@source infra/env.sh
 	$(BIN)/python -m serving "$$MODELYARD_PARAMS"
 
-test: setup browser  ## the whole suite, reliability included: real Ray, MLflow, Prefect, Ray Serve, DVC, the stack in a browser
+test: setup browser postgres  ## the whole suite, reliability included: real Ray, MLflow, Prefect, Ray Serve, DVC, the stack in a browser
 	$(BIN)/python -m pytest tests -rA --durations=40
 
 reliability: setup  ## only the faults, minutes of load and hostile input, each printing its figure
