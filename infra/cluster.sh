@@ -129,6 +129,7 @@ wait_alive() {  # wait_alive N TIMEOUT
 up() {
   local count=${1:-3} i
   (( count >= 1 )) || { say "NODES must be at least 1"; exit 2; }
+  [[ $(id -u) == 0 ]] || { say "making network namespaces needs root (run with sudo, or as root)"; exit 1; }
   [[ -e "$DIR/nodes" ]] && { say "cluster $NAME is up already ($(nodes) nodes); run down first"; exit 1; }
   [[ -s "$RAY_AUTH_TOKEN_PATH" ]] || {
     mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")"
