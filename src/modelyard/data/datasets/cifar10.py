@@ -33,7 +33,7 @@ FOLDER = "cifar-10-batches-py"
 FILES = ("batches.meta", *BATCHES["train"], *BATCHES["test"])
 SUMS = "SHA256SUMS"  # written by the fetch: what it copied in
 # The published MD5 of each file of the official python tarball (torchvision checks the same ones). A batch
-# as large as a full one (10,000 rows of 3,072 bytes) must be the official file; a smaller one is a cut.
+# as large as a full one (10,000 rows of 3,072 bytes) that is not the official file is named in a warning.
 OFFICIAL_MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
     "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
@@ -110,7 +110,6 @@ class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         import _codecs
 
-        import numpy as np
         from numpy._core import multiarray, numeric
 
         allowed = {
