@@ -10,8 +10,8 @@ checkout's code, which every node of the cluster has at the same path.
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 from pathlib import Path
 
 from modelyard.forms import form_defaults
@@ -30,14 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     configure_environment()
     configure_logging()
-    args = sys.argv[1:]
-    pool = None
-    if args[:1] == ["--pool"]:
-        pool, args = args[1], args[2:]
-    params_path = args[0] if args else "params.yaml"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("params", nargs="?", default="params.yaml")
+    parser.add_argument("--pool", help="register with this work pool and exit, instead of serving the runs here")
+    args = parser.parse_args()
+    params_path = args.params
     os.environ["MODELYARD_PARAMS"] = params_path  # the flow runs in subprocesses, which read it
-    if pool:
-        deploy_to_pool(pool, params_path)
+    if args.pool:
+        deploy_to_pool(args.pool, params_path)
         return
     training_pipeline.serve(name="training-pipeline", parameters=deployment_parameters(params_path),
                             tags=["modelyard", "training"], description=DESCRIPTION, pause_on_shutdown=False)
