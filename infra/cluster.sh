@@ -131,10 +131,7 @@ up() {
   (( count >= 1 )) || { say "NODES must be at least 1"; exit 2; }
   [[ $(id -u) == 0 ]] || { say "making network namespaces needs root (run with sudo, or as root)"; exit 1; }
   [[ -e "$DIR/nodes" ]] && { say "cluster $NAME is up already ($(nodes) nodes); run down first"; exit 1; }
-  [[ -s "$RAY_AUTH_TOKEN_PATH" ]] || {
-    mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")"
-    (umask 077 && "$VENV/python" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$RAY_AUTH_TOKEN_PATH")
-  }
+  [[ -s "$RAY_AUTH_TOKEN_PATH" ]] || new_secret "$RAY_AUTH_TOKEN_PATH"  # the stack's, or a new one
   mkdir -p "$DIR"
   echo "$count" >"$DIR/nodes"
   ip link add "$BRIDGE" type bridge
@@ -152,11 +149,10 @@ up() {
     for ((i = 1; i < count; i++)); do printf '%s ' "$(ip_of "$i")"; done)on bridge $BRIDGE"
 }
 
-secret() { (umask 077 && "$VENV/python" -c 'import secrets; print(secrets.token_urlsafe(24), end="")' >"$DIR/secrets/$1"); }
-
 make_secrets() {
+  local name
   mkdir -p -m 700 "$DIR/secrets"
-  secret pg_password; secret mlflow_password; secret mlflow_flask_key; secret prefect_password
+  for name in pg_password mlflow_password mlflow_flask_key prefect_password; do new_secret "$DIR/secrets/$name"; done
 }
 
 load_secrets() {  # the control plane's addresses and credentials, for the nodes and `exec`
@@ -212,7 +208,7 @@ control_plane_up() {
     -c "CREATE DATABASE mlflow OWNER modelyard" -c "CREATE DATABASE mlflow_auth OWNER modelyard" \
     -c "CREATE DATABASE prefect OWNER modelyard"
 
-  cat >"$DIR/secrets/mlflow_auth.ini" <<INI
+  (umask 077 && cat >"$DIR/secrets/mlflow_auth.ini") <<INI
 [mlflow]
 default_permission = READ
 database_uri = postgresql+psycopg://$PG_URL_BASE/mlflow_auth

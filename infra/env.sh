@@ -51,3 +51,9 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # Ray's metrics collection costs ~20% of a 2-core machine's training throughput (see modelyard.runtime);
 # set it to 1 on a cluster with cores to spare and a Prometheus to read it.
 export RAY_enable_metrics_collection="${RAY_enable_metrics_collection:-0}"
+
+new_secret() {  # new_secret PATH [PREFIX]: a random secret (PREFIX + 64 hex digits) in PATH, readable by the owner only
+  mkdir -p "$(dirname "$1")"
+  (umask 077 && "$ROOT/.venv/bin/python" -c 'import secrets, sys; print(sys.argv[1] + secrets.token_hex(32), end="")' \
+    "${2:-}" >"$1")
+}

@@ -35,16 +35,13 @@ wait_http() {  # wait_http NAME URL TIMEOUT: any HTTP answer counts (Ray's dashb
 
 ensure_ray_token() {  # the cluster's auth token, made once per clone (Ray would otherwise look in ~/.ray)
   [[ -s "$RAY_AUTH_TOKEN_PATH" ]] && return
-  mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")"
-  (umask 077 && "$VENV/python" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$RAY_AUTH_TOKEN_PATH")
+  new_secret "$RAY_AUTH_TOKEN_PATH"
   say "created the Ray auth token in ${RAY_AUTH_TOKEN_PATH#"$ROOT"/}"
 }
 
 ensure_prefect_auth() {  # the string Prefect's API and UI ask for, made once per clone
   if [[ ! -s "$PREFECT_AUTH_STRING_PATH" ]]; then
-    mkdir -p "$(dirname "$PREFECT_AUTH_STRING_PATH")"
-    (umask 077 && "$VENV/python" -c 'import secrets; print("modelyard:" + secrets.token_urlsafe(24), end="")' \
-      >"$PREFECT_AUTH_STRING_PATH")
+    new_secret "$PREFECT_AUTH_STRING_PATH" modelyard:
     say "created Prefect's API auth string in ${PREFECT_AUTH_STRING_PATH#"$ROOT"/} (the UI's login asks for it)"
   fi
   PREFECT_API_AUTH_STRING="$(cat "$PREFECT_AUTH_STRING_PATH")"
