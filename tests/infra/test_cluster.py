@@ -180,6 +180,13 @@ def test_a_worker_node_killed_mid_run_the_training_resumes_from_its_checkpoint(c
     epochs = [row["epoch"] for row in train["history"]]
     assert epochs == list(range(1, 151)), epochs  # each epoch once, none missing
     assert train["resumed_after_epochs"][:1] == [int(resumed[0])]
+    # Rank 0's TensorBoard events came through the checkpoints in the shared storage (each node's /tmp is its
+    # own): every epoch once, across the restart.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((shared / "artifacts").glob("japanese_vowels/lstm/train/tensorboard"))))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/accuracy")] == list(range(1, 151))
     print(f"\nnode 2 SIGKILLed, back after 5 s: resumed after epoch {resumed[0]}, run done "
           f"{time.monotonic() - killed_at:.0f} s after the kill; test accuracy {_test_accuracy(shared):.4f}")
 
@@ -264,11 +271,49 @@ def served(cluster, champion):
     return deploy
 
 
+class Load:
+    """Clients posting real test utterances in turn through the given ingresses; each answer's status kept (0: a
+    dropped connection)."""
+
+    def __init__(self, urls: list[str], bodies: list[dict], clients: int) -> None:
+        import threading
+
+        self.urls, self.bodies, self.results = urls, bodies, []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(k,)) for k in range(clients)]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def _client(self, k: int) -> None:
+        import requests
+
+        session, n = requests.Session(), k
+        while not self._stop.is_set():
+            try:
+                status = session.post(self.urls[n % len(self.urls)], json=self.bodies[n % len(self.bodies)],
+                                      timeout=30).status_code
+            except requests.RequestException:
+                status = 0
+            self.results.append(status)
+            n += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    @property
+    def failed(self) -> list[int]:
+        return [s for s in self.results if s != 200]
+
+
 def test_serving_spreads_over_the_nodes_and_a_node_lost_under_load_fails_almost_nothing(cluster, served):
     """Load through two nodes' ingresses (the head's and node 1's HAProxy); node 2, which holds a replica, is
-    SIGKILLed 15 s in: at most 0.1% of the requests fail, and its replica comes back on the nodes left."""
-    import threading
-
+    SIGKILLed 15 s in: at most 0.1% of the requests fail, and its replica comes back on the nodes left. Node 2
+    then comes back and, still under load, gets a replica again (serving/placement.py)."""
     import requests
 
     from modelyard.data.dataset import load_split
@@ -281,37 +326,31 @@ def test_serving_spreads_over_the_nodes_and_a_node_lost_under_load_fails_almost_
         answer = requests.post(url, json=bodies[0], timeout=30)
         assert answer.status_code == 200 and answer.json()["model"]["name"] == "japanese-vowels-lstm", answer.text
 
-    results: list[int] = []
-    stop = threading.Event()
-
-    def client(k: int) -> None:
-        session, n = requests.Session(), k
-        while not stop.is_set():
-            try:
-                status = session.post(urls[n % 2], json=bodies[n % len(bodies)], timeout=30).status_code
-            except requests.RequestException:
-                status = 0  # a dropped connection is a failure too
-            results.append(status)
-            n += 1
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(15)
-    killed_at, before_kill = time.monotonic(), len(results)
-    cluster.script("kill", "2")
-    time.sleep(45)
-    stop.set()
-    for t in threads:
-        t.join(60)
-    failed = [s for s in results if s != 200]
-    share = len(failed) / len(results)
+    with Load(urls, bodies, clients=4) as load:
+        time.sleep(15)
+        killed_at, before_kill = time.monotonic(), len(load.results)
+        cluster.script("kill", "2")
+        time.sleep(45)
+    share = len(load.failed) / len(load.results)
     deadline = time.monotonic() + 120
     while (nodes := replica_nodes(cluster)) != [f"{NET}.11", f"{NET}.11"] and time.monotonic() < deadline:
         time.sleep(3)
-    print(f"\nnode 2 SIGKILLed under load (concurrency 4, through {NET}.10 and {NET}.11): {len(results)} requests "
-          f"({before_kill} before the kill), {len(failed)} failed ({share:.3%}: {sorted(set(failed))}); replicas "
-          f"then on {nodes}, {time.monotonic() - killed_at:.0f} s after the kill")
-    assert share <= 0.001, f"{len(failed)} of {len(results)} failed: {sorted(set(failed))}"
+    print(f"\nnode 2 SIGKILLed under load (concurrency 4, through {NET}.10 and {NET}.11): {len(load.results)} "
+          f"requests ({before_kill} before the kill), {len(load.failed)} failed ({share:.3%}: "
+          f"{sorted(set(load.failed))}); replicas then on {nodes}, {time.monotonic() - killed_at:.0f} s after the kill")
+    assert share <= 0.001, f"{len(load.failed)} of {len(load.results)} failed: {sorted(set(load.failed))}"
     assert nodes == [f"{NET}.11", f"{NET}.11"]  # both replicas on the worker node left
-    cluster.script("start", "2", timeout=300)  # the machine back, for whatever runs next
+
+    with Load(urls, bodies, clients=2) as load:
+        back_at = time.monotonic()
+        cluster.script("start", "2", timeout=300)  # the machine back
+        deadline = time.monotonic() + 180
+        while (nodes := replica_nodes(cluster)) != [f"{NET}.11", f"{NET}.12"] and time.monotonic() < deadline:
+            time.sleep(3)
+        moved_in = time.monotonic() - back_at
+        time.sleep(5)
+    share = len(load.failed) / len(load.results)
+    print(f"node 2 back: replicas on {nodes} {moved_in:.0f} s after it was started again; under load meanwhile "
+          f"(concurrency 2) {len(load.results)} requests, {len(load.failed)} failed ({share:.3%})")
+    assert nodes == [f"{NET}.11", f"{NET}.12"], "the node that came back got no replica"
+    assert share <= 0.001, f"{len(load.failed)} of {len(load.results)} failed: {sorted(set(load.failed))}"

@@ -36,6 +36,7 @@ from modelyard.training.worker import CheckpointState, WorkerConfig, WorkerData,
 
 log = logging.getLogger(__name__)
 worker_log = logging.getLogger("modelyard.training.worker")
+EVENTS = "tensorboard"  # rank 0's TensorBoard events inside each checkpoint
 
 
 @dataclass
@@ -122,7 +123,7 @@ def _fit(cfg: PipelineConfig, job: TrainingJob, plan: WorkerPlan, loading: str, 
         train=cfg.train, family=job.family, spec=job.spec, policy=job.policy,
         data=None if streaming else ray.put(WorkerData(job.arrays, job.train_rows, job.val_rows)),
         init_state=ray.put(job.init_state), streamed_rows=len(job.train_rows) if streaming else None,
-        output_dir=str(staging), sink=sink, cpus_per_worker=plan.cpus_per_worker)
+        tensorboard=True, sink=sink, cpus_per_worker=plan.cpus_per_worker)
     with _LogRelay() as relay:
         trainer = TorchTrainer(
             train_loop_per_worker,
@@ -143,6 +144,9 @@ def _fit(cfg: PipelineConfig, job: TrainingJob, plan: WorkerPlan, loading: str, 
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as ckpt_dir:
         state = CheckpointState(**torch.load(Path(ckpt_dir) / "state.pt", map_location="cpu", weights_only=False))
+        # Rank 0's events came through the run's storage in the checkpoint, wherever rank 0 ran.
+        if (Path(ckpt_dir) / EVENTS).is_dir():
+            shutil.copytree(Path(ckpt_dir) / EVENTS, staging / "tensorboard")
     return _finish(state, plan, staging, output_dir, run_id, wall, fit_called_at, result.checkpoint.path)
 
 
@@ -209,7 +213,11 @@ def ray_datasets(job: TrainingJob) -> dict[str, Any]:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    run_worker(config["worker"], RaySession(config.get("log_queue")))
+    session = RaySession(config.get("log_queue"))
+    try:
+        run_worker(config["worker"], session)
+    finally:
+        session.close()
 
 
 class RaySession:
@@ -220,6 +228,7 @@ class RaySession:
         import ray.train.torch
 
         self._train, self._queue = ray.train, log_queue
+        self._events: str | None = None
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -245,15 +254,28 @@ class RaySession:
         if not checkpoint:
             return None
         with checkpoint.as_directory() as ckpt_dir:
+            if (Path(ckpt_dir) / EVENTS).is_dir():  # the events up to that checkpoint, to go on from
+                shutil.copytree(Path(ckpt_dir) / EVENTS, self.events_dir(), dirs_exist_ok=True)
             return torch.load(Path(ckpt_dir) / "state.pt", map_location=device, weights_only=False)
+
+    def events_dir(self) -> str:
+        if self._events is None:
+            self._events = tempfile.mkdtemp(prefix="modelyard-events-")  # on this worker's node
+        return self._events
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if state is not None:
                 torch.save(state, Path(tmp) / "state.pt")
+                if self._events is not None:
+                    shutil.copytree(self._events, Path(tmp) / EVENTS)
                 checkpoint = self._train.Checkpoint.from_directory(tmp)
             self._train.report(dict(metrics), checkpoint=checkpoint)
+
+    def close(self) -> None:
+        if self._events is not None:
+            shutil.rmtree(self._events, ignore_errors=True)
 
     def log(self, message: str) -> None:
         if self._queue is None:

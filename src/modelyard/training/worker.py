@@ -53,7 +53,7 @@ class WorkerConfig:
     data: Any = None  # WorkerData, or a reference to it; None when Ray Data streams the rows
     init_state: Any = None  # the initial weights, or a reference to them
     streamed_rows: int | None = None  # training rows Ray Data streams (split equally between workers)
-    output_dir: str | None = None  # TensorBoard events go under it
+    tensorboard: bool = False  # rank 0 writes TensorBoard events (into `Session.events_dir`)
     sink: MetricsSink | None = None  # where rank 0 logs metrics and tags
     cpus_per_worker: int = 1
 
@@ -73,7 +73,12 @@ class Session(Protocol):
 
     def get_checkpoint_state(self, device: torch.device) -> dict[str, Any] | None: ...
 
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None: ...
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        """The epoch's metrics, and rank 0's checkpoint (with the events written so far)."""
+
+    def events_dir(self) -> str:
+        """Where this worker writes TensorBoard events: a directory of its own node, restored from the checkpoint
+        when the run resumes."""
 
     def log(self, message: str) -> None:
         """A line for the run's log (progress inside an epoch, the epoch's metrics)."""
@@ -83,10 +88,11 @@ class LocalSession:
     """One process, no Ray: the same worker code for benchmarks, device checks and quick runs. Keeps the last
     checkpoint's state."""
 
-    def __init__(self, device: str | torch.device = "cpu") -> None:
+    def __init__(self, device: str | torch.device = "cpu", events_dir: str | None = None) -> None:
         self.rank, self.world = 0, 1
         self.device = torch.device(device)
         self.last_state: dict[str, Any] | None = None
+        self._events_dir = events_dir
 
     def get(self, value: Any) -> Any:
         return value
@@ -102,6 +108,11 @@ class LocalSession:
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         self.last_state = state if state is not None else self.last_state
+
+    def events_dir(self) -> str:
+        if self._events_dir is None:
+            raise RuntimeError("this local session was given no events_dir for TensorBoard")
+        return self._events_dir
 
     def log(self, message: str) -> None:
         log.info("%s", message)
@@ -307,7 +318,8 @@ class WorkerRun:
         self.step_model = self.session.prepare_model(self.trained)
         if self.tc.compile:
             self.step_model = torch.compile(self.step_model)
-        self.tracker = Rank0Tracker(self.rank, self.config.output_dir, self.config.sink,
+        events = self.session.events_dir() if self.config.tensorboard and self.rank == 0 else None
+        self.tracker = Rank0Tracker(self.rank, events, self.config.sink,
                                     resume_at=len(self.history) + 1 if resumed else None)
         if resumed:
             self.tracker.backfill(self.history)  # an epoch checkpointed just before the failure, not yet logged
@@ -338,6 +350,7 @@ class WorkerRun:
         self.history.append(metrics)
         if clock is not None:
             self.marks.first_step = clock.first_step_at
+        self.tracker.events(metrics, step=epoch + 1)  # before the checkpoint, which carries the events
         self.session.report(metrics, asdict(self._checkpoint(epoch)) if self.rank == 0 else None)
         # Logged once checkpointed: an epoch lost to a failure is re-run, and logged, once.
         self.tracker.log(metrics, step=epoch + 1)
