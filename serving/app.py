@@ -27,7 +27,7 @@ from ray import serve
 from modelyard.inference import InvalidInputError, Predictor
 from modelyard.modalities import Codec, Limits
 from modelyard.registry import tracking, versions
-from serving import protocol
+from serving import placement, protocol
 from serving.openapi import AUTH_ERROR, PREDICT_ERRORS, document
 from serving.settings import AppSettings
 from serving.traffic import TrafficCounter, TrafficStats
@@ -86,6 +86,7 @@ class ModelServer:
         self._lock = threading.Lock()  # reconfigure and the alias follower both load versions
         self._traffic = TrafficCounter()
         self._replica_id = serve.get_replica_context().replica_id.unique_id
+        self._placement = placement.PlacementCheck(settings.serve.rebalance_every_s, settings.serve.replica_cpus)
         self._stats = TrafficStats.options(
             name=f"modelyard-traffic-{settings.model_name}", namespace="modelyard", get_if_exists=True,
             lifetime="detached").remote()
@@ -150,6 +151,11 @@ class ModelServer:
                     self._use(champion.version, challenger.version if challenger else None)
             except Exception:  # the registry being away must not take serving down
                 log.exception("could not check the registry's aliases for %s", s.model_name)
+
+    async def check_health(self) -> None:
+        """Serve's health check (every 5 s); every `rebalance_every_s` it also asks whether this replica should
+        move to a node with fewer replicas (serving/placement.py): failing here is how it moves."""
+        await self._placement()
 
     def _flush(self) -> None:
         champion = self.champion

@@ -289,6 +289,10 @@ class ServeConfig(_Section):
                                                        "small machine with training. Reserve real CPUs on a cluster.")
     replica_threads: int = Field(0, ge=0, description="Torch threads per replica; 0: the cores shared out among "
                                                       "the replicas.")
+    rebalance_every_s: float = Field(
+        15.0, ge=0, description="On a cluster, replicas that reserve CPUs check this often whether a node holds two "
+                                "more of them than another (a node joined or came back) and move one over, "
+                                "gracefully; 0 turns it off (see serving/placement.py).")
     backend: Literal["torch", "onnxruntime"] = Field(
         "torch", description="onnxruntime: the version's ONNX export runs the forward pass (torch when it has none "
                              "that passed its parity check; GET /<task>/model says which and why).")
