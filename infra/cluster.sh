@@ -100,7 +100,8 @@ start_ray() {  # start_ray I: node I's Ray in the foreground of its own session,
   # Gloo (torch.distributed on CPUs) finds its own address from the hostname, which every namespace shares
   # (and which resolves to loopback here): name the interface, as a real cluster's nodes often must too.
   # Serve's ingress on every node is HAProxy (CLUSTER_INGRESS=proxy: Ray's proxy actor); its files stay in
-  # the node's own /tmp.
+  # the node's own /tmp, its stats and metrics ports on the node's address only (infra/haproxy-bound).
+  [[ $INGRESS == haproxy ]] && haproxy_on "$(ip_of "$i")"
   GLOO_SOCKET_IFNAME=eth0 RAY_SERVE_ENABLE_HA_PROXY="$([[ $INGRESS == haproxy ]] && echo 1 || echo 0)" \
     boot_node "$i" "$VENV/ray" start --block --node-ip-address "$(ip_of "$i")" "${args[@]}" \
     --object-store-memory "$OBJECT_STORE_BYTES" --disable-usage-stats >"$DIR/n$i/ray.log" 2>&1 </dev/null &

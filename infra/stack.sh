@@ -61,7 +61,8 @@ up() {
     export RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_CONFIG_FILE_LOC="$RUN_DIR/haproxy/haproxy.cfg" \
            RAY_SERVE_HAPROXY_SOCKET_PATH="$RUN_DIR/haproxy/admin.sock" RAY_SERVE_HAPROXY_SERVER_STATE_BASE="$RUN_DIR/haproxy" \
            RAY_SERVE_HAPROXY_SERVER_STATE_FILE="$RUN_DIR/haproxy/server-state"
-    say "serving ingress: HAProxy (its stats and metrics ports, ${RAY_SERVE_HAPROXY_STATS_PORT:-8404} and ${RAY_SERVE_HAPROXY_METRICS_PORT:-9101}, listen on every interface)"
+    haproxy_on 127.0.0.1
+    say "serving ingress: HAProxy (stats :$RAY_SERVE_HAPROXY_STATS_PORT and metrics :$RAY_SERVE_HAPROXY_METRICS_PORT on 127.0.0.1)"
   fi
   # --block keeps `ray start` in the foreground of its own session, so its pid owns the whole Ray head.
   start ray "$VENV/ray" start --head --block --node-ip-address 127.0.0.1 --port "$RAY_PORT" \

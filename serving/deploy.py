@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 INDEX_APP = "index"
 HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
+BOUND_HAPROXY = Path(__file__).resolve().parents[1] / "infra" / "haproxy-bound"
 
 
 def deploy(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, *, model_name: str, tracking_uri: str | None = None,
@@ -69,6 +71,8 @@ def _start_serve(serve_cfg: ServeConfig, ray_address: str | None) -> None:
         # Read by the Serve controller where Ray starts; a Ray started here inherits it. A cluster started
         # elsewhere (`make up`, KubeRay) must have it in its own environment (infra/stack.sh does that).
         os.environ.setdefault(HAPROXY_SWITCH, "1")
+        if BOUND_HAPROXY.is_file():  # HAProxy's stats and metrics ports on loopback, not every interface
+            os.environ.setdefault("RAY_SERVE_HAPROXY_BINARY_PATH", str(BOUND_HAPROXY))
     connect_ray(ray_address, object_store_bytes=300 * 1024**2)
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
 
