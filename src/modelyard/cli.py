@@ -228,6 +228,32 @@ def rollback(
     raise typer.Exit(1)
 
 
+@app.command("predict-batch")
+def predict_batch(
+    task: Annotated[str, typer.Argument(help="The registered model name whose champion predicts.")],
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="A folder of images, a JSON-lines file of "
+                                               "records ({\"text\": ...} / {\"series\": ...}), or a Parquet file.")],
+    output_path: Annotated[Path, typer.Argument(metavar="OUTPUT", help="The Parquet folder to write.")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    version: Annotated[str | None, typer.Option(help="This version instead of the champion.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Actors holding the model (default: one per CPU).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+) -> None:
+    """Predict every record of INPUT with the task's champion (Ray Data, an actor pool), one Parquet row each."""
+    from modelyard.inference.batch import predict_batch as run
+
+    cfg = _config(params, set_)
+    try:
+        summary = run(cfg.registry.resolved_tracking_uri(), task, input_path, output_path, version=version,
+                      alias=cfg.registry.champion_alias, backend=cfg.serve.backend, workers=workers,
+                      batch_size=batch_size, overwrite=overwrite)
+    except (FileNotFoundError, FileExistsError, LookupError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(json.dumps(summary.to_dict()))
+
+
 @app.command()
 def samples(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, recipe: RecipeOpt = None) -> None:
     """Write one real test input per class under data/samples/<dataset>/, as a file to send to the endpoint."""

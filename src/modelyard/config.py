@@ -276,8 +276,9 @@ class ServeConfig(_Section):
     route_prefix: str = Field("/", description="Each task is served at <route_prefix><task>/ (POST predict, GET "
                                                "model, GET health); GET <route_prefix> lists them.")
     ingress: Literal["proxy", "haproxy"] = Field(
-        "proxy", description="proxy: Ray Serve's HTTP proxy actor; haproxy: HAProxy in front of replicas that serve "
-                             "HTTP themselves (RAY_SERVE_ENABLE_HA_PROXY=1 where the Ray cluster starts).")
+        "haproxy", description="haproxy: HAProxy in front of replicas that serve HTTP themselves "
+                               "(RAY_SERVE_ENABLE_HA_PROXY=1 where the Ray cluster starts; its stats and metrics "
+                               "ports on loopback through infra/haproxy-bound); proxy: Ray Serve's HTTP proxy actor.")
     replicas: int = Field(2, ge=1)
     max_batch_size: int = Field(32, ge=1, description="Inputs one forward pass takes from concurrent requests.")
     batch_wait_timeout_s: float = Field(
@@ -294,7 +295,7 @@ class ServeConfig(_Section):
                                 "more of them than another (a node joined or came back) and move one over, "
                                 "gracefully; 0 turns it off (see serving/placement.py).")
     backend: Literal["torch", "onnxruntime"] = Field(
-        "torch", description="onnxruntime: the version's ONNX export runs the forward pass (torch when it has none "
+        "onnxruntime", description="onnxruntime: the version's ONNX export runs the forward pass (torch when it has none "
                              "that passed its parity check; GET /<task>/model says which and why).")
     autoscaling: AutoscalingConfig | None = None
     canary: CanaryConfig = Field(default_factory=CanaryConfig)

@@ -64,6 +64,18 @@ def refuse_paths_outside_roots(cfg: PipelineConfig, changed: dict[str, Any]) -> 
                                     f"roots ({', '.join(map(str, roots))}); a flow run may only name files inside them")
 
 
+def path_inside(value: str, root: str | os.PathLike[str], what: str, *, also: tuple[Path, ...] = ()) -> Path:
+    """A flow run's file parameter, `value`, relative to `root` (or absolute): the resolved path (symbolic links
+    followed) when it lies inside `root` or one of `also`; FormError naming `what` otherwise."""
+    base = Path(root).resolve()
+    where = (base / Path(value).expanduser()).resolve()
+    allowed = [base, *(Path(a).resolve() for a in also)]
+    if not value.strip() or not any(where.is_relative_to(r) for r in allowed):
+        raise FormError(f"{what}={value!r} is outside {', '.join(map(str, allowed))}; a flow run may only name files "
+                        f"inside them")
+    return where
+
+
 def _names_a_path(value: str) -> bool:
     """Whether `value` would be read as a filesystem path rather than a named choice (`auto`, a hub id)."""
     return value.startswith(("/", "~", ".")) or os.sep in value or "\\" in value or Path(value).exists()

@@ -156,6 +156,38 @@ def test_the_deployment_run_from_the_api_trains_registers_and_serves(stack, imag
     assert not list(stack.home.iterdir()), [str(p) for p in stack.home.rglob("*")]
 
 
+def test_the_batch_predict_deployment_writes_a_row_per_file_and_refuses_paths_outside_the_roots(stack, image_bytes):
+    """batch-predict through the API (after the first test registered a champion): real test PNGs and a broken
+    file in the runner's data root, a Parquet row each under its artifact root; a path leading out is refused."""
+    import pandas as pd
+
+    photos = Path(stack.cfg.paths.data_dir) / "batch-photos"
+    photos.mkdir(parents=True)
+    for stem, data in image_bytes.items():
+        (photos / f"{stem}.png").write_bytes(data)
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    batch = stack.prefect.get(f"{stack.prefect_api}/deployments/name/batch-predict/batch-predict", timeout=10).json()
+
+    def run(parameters: dict) -> dict:
+        created = stack.prefect.post(f"{stack.prefect_api}/deployments/{batch['id']}/create_flow_run",
+                                     json={"parameters": parameters}, timeout=10)
+        created.raise_for_status()
+        return wait_for_flow_run(stack, created.json()["id"])
+
+    started = time.monotonic()
+    done = run({"task": stack.cfg.task_name, "input_path": "batch-photos", "output_path": "photos-1"})
+    assert done["state_type"] == "COMPLETED", f"{done['state_name']}\n{stack.logs()}"
+    rows = pd.read_parquet(Path(stack.cfg.paths.artifacts_dir) / "predictions" / "photos-1")
+    assert len(rows) == len(image_bytes) + 1
+    assert rows["error"].notna().sum() == 1 and rows[rows["error"].notna()]["path"].str.endswith("broken.png").all()
+    assert (rows["model_name"] == stack.cfg.task_name).all() and rows["model_version"].nunique() == 1
+    print(f"\nbatch-predict run from the API: {len(rows)} rows in {time.monotonic() - started:.0f} s")
+
+    escaped = run({"task": stack.cfg.task_name, "input_path": "../../../../etc", "output_path": "../../escape"})
+    assert escaped["state_type"] == "FAILED"
+    assert not (Path(stack.cfg.paths.artifacts_dir) / "escape").exists()
+
+
 def test_the_prefect_api_refuses_a_caller_without_the_auth_string(stack):
     """The audit's way in (one create_flow_run call from anyone who reaches the port) is closed: without the
     string, or with another, every API call is 401 and no run is made; health probes stay open."""
@@ -360,6 +392,11 @@ def test_nothing_of_the_stack_listens_beyond_loopback_but_what_the_readme_names(
     named = {"ray::ServeReplica": "inter-deployment gRPC server"}
     unnamed = [s for s in outside if not any(s[2].startswith(prefix) for prefix in named)]
     assert not unnamed, f"listening beyond loopback, not named in README's What listens where: {unnamed}"
+    # HAProxy, the default ingress: Serve's port, its stats page and its Prometheus exporter, all on loopback
+    # (Ray's template binds the last two to every interface; infra/haproxy-bound rebinds them)
+    haproxy = {(a, p) for a, p, _, cmd in sockets if cmd.endswith("/haproxy")}
+    assert {p for _, p in haproxy} >= {8404, 9101, stack.ports["SERVE_PORT"]}, haproxy
+    assert all(ipaddress.ip_address(a).is_loopback for a, _ in haproxy), haproxy
     for what in named.values():
         assert what in readme
     print(f"\n{len(sockets)} listening sockets, {len(outside)} beyond loopback: "

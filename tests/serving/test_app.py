@@ -121,7 +121,9 @@ def test_health_model_and_index(served):
     assert health == {"status": "ok", "model": {"name": TASK, "version": champion}}
     info = requests.get(url(cfg, "/model"), timeout=10).json()
     assert info["version"] == champion and "champion" in info["aliases"] and info["modality"] == "image"
-    assert info["backend"] == "torch" and len(info["replicas"]) == 2
+    # the default backend: the version's ONNX export, which passed its parity check at registration
+    assert info["backend"] == "onnxruntime" and "parity at registration" in info["backend_note"], info["backend_note"]
+    assert len(info["replicas"]) == 2
     index = requests.get(f"http://{cfg.serve.host}:{cfg.serve.port}/", timeout=10).json()
     assert {a["task"]: a["route"] for a in index["apps"]}[TASK] == f"/{TASK}"
 

@@ -122,6 +122,7 @@ class Codec(ABC):
 
     content_type: ClassVar[str]  # what a request must declare
     wrong_type: ClassVar[str]  # the error code of a request declaring another content type
+    record_field: ClassVar[str]  # where one input sits in a batch file: a Parquet column, a JSON-lines key
     # error code -> HTTP status, for the codes this codec raises (InvalidInputError.code)
     statuses: ClassVar[dict[str, int]]
 
@@ -142,6 +143,11 @@ class Codec(ABC):
     @abstractmethod
     def decode(self, body: bytes, content_type: str) -> tuple[list[Any], bool]:
         """(inputs of one request, whether the request asked for many), or InvalidInputError."""
+
+    def decode_record(self, value: Any) -> Any:
+        """One record of a batch file (modelyard.inference.batch) -> one checked input, or InvalidInputError; the
+        same checks as a request's body."""
+        return self.preprocessor.check_batch([value])[0]
 
     @abstractmethod
     def collate(self, items: list[Any]) -> Any:

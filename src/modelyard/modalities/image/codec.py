@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from modelyard.modalities import Codec
+from modelyard.modalities import Codec, InvalidInputError
 from modelyard.modalities._http import STATUSES, form_file
 from modelyard.modalities.image.preprocess import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 
@@ -17,6 +17,7 @@ FORM_OVERHEAD = 64 * 1024  # the form's framing around the file
 class ImageCodec(Codec):
     content_type: ClassVar[str] = "multipart/form-data"
     wrong_type: ClassVar[str] = "not_multipart"
+    record_field: ClassVar[str] = "image"  # the file's bytes
     statuses: ClassVar[dict[str, int]] = STATUSES | {
         "empty_file": 400, "not_an_image": 415, "image_too_small": 422, "image_too_large": 413}
 
@@ -27,6 +28,13 @@ class ImageCodec(Codec):
     def decode(self, body: bytes, content_type: str) -> tuple[list[Any], bool]:
         data = form_file(body, content_type, FIELD, self.limits.max_body_bytes)
         return [self.preprocessor.decode(data)], False
+
+    def decode_record(self, value: Any) -> np.ndarray:
+        data = bytes(value)
+        if len(data) > self.limits.max_body_bytes:
+            raise InvalidInputError("image_too_large", f"the file has {len(data):,} bytes; at most "
+                                                       f"{self.limits.max_body_bytes:,}")
+        return self.preprocessor.check_batch(self.preprocessor.decode(data))[0]
 
     def collate(self, items: list[np.ndarray]) -> np.ndarray:
         return np.stack(items)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
+
 from modelyard.modalities import Codec, InvalidInputError
 from modelyard.modalities._http import STATUSES, json_object
 
@@ -12,6 +14,7 @@ from modelyard.modalities._http import STATUSES, json_object
 class SeriesCodec(Codec):
     content_type: ClassVar[str] = "application/json"
     wrong_type: ClassVar[str] = "not_json"
+    record_field: ClassVar[str] = "series"  # a list of frames, each a list of numbers
     statuses: ClassVar[dict[str, int]] = STATUSES | {
         "missing_series": 422, "bad_type": 422, "bad_shape": 422, "bad_channels": 422, "empty_series": 422,
         "not_finite": 422, "value_out_of_range": 422, "series_too_long": 413, "too_many_series": 413}
@@ -29,10 +32,16 @@ class SeriesCodec(Codec):
             raise InvalidInputError("too_many_series" if batch else "missing_series",
                                     f'"batch" holds {len(batch)} series; send 1 to {self.limits.max_items}')
         for i, series in enumerate(batch):
-            if not all(isinstance(frame, list) and all(type(v) in (int, float) for v in frame) for frame in series):
-                raise InvalidInputError("bad_type", f"series {i}: every frame must be a list of numbers "
-                                                    "(not strings, booleans or nulls)")
+            _check_numbers(i, series)
         return self.preprocessor.check_batch(batch), many
+
+    def decode_record(self, value: Any) -> Any:
+        if isinstance(value, np.ndarray):  # a Parquet list-of-lists cell
+            value = [np.asarray(frame).tolist() for frame in value]
+        if not isinstance(value, list):
+            raise InvalidInputError("bad_type", f"a series is a list of frames, got {type(value).__name__}")
+        _check_numbers(0, value)
+        return self.preprocessor.check_batch([value])[0]
 
     def collate(self, items: list[Any]) -> list[Any]:
         return list(items)
@@ -56,3 +65,9 @@ class SeriesCodec(Codec):
         return (f'Send JSON {{"series": [[...], ...]}}: 1 to {p.max_length} frames of {p.channels} numbers '
                 f'each, within ±{p.max_abs_value:g}, or {{"batch": [...]}} with 1 to {self.limits.max_items} series; bodies over '
                 f"{self.limits.max_body_bytes:,} bytes get 413.")
+
+
+def _check_numbers(i: int, series: list[Any]) -> None:
+    if not all(isinstance(frame, list) and all(type(v) in (int, float) for v in frame) for frame in series):
+        raise InvalidInputError("bad_type", f"series {i}: every frame must be a list of numbers "
+                                            "(not strings, booleans or nulls)")

@@ -14,6 +14,7 @@ TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "p
 class TextCodec(Codec):
     content_type: ClassVar[str] = "application/json"
     wrong_type: ClassVar[str] = "not_json"
+    record_field: ClassVar[str] = "text"
     statuses: ClassVar[dict[str, int]] = STATUSES | {
         "missing_text": 422, "bad_type": 422, "not_a_string": 422, "empty_text": 422, "text_too_long": 413,
         "too_many_texts": 413}
