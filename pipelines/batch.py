@@ -31,10 +31,6 @@ def batch_predict(task: str, input_path: str, output_path: str, version: str | N
     summary = predict_batch(cfg.registry.resolved_tracking_uri(), task, source, output, version=version,
                             alias=cfg.registry.champion_alias, backend=cfg.serve.backend, workers=workers,
                             overwrite=overwrite)
-    create_markdown_artifact(
-        "| task | version | backend | input | rows | with an error | seconds | rows/s | output |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
-        f"| {summary.model_name} | {summary.model_version} | {summary.backend} | {summary.input_kind} | "
-        f"{summary.rows} | {summary.errors} | {summary.seconds} | {summary.rows_per_s:.0f} | {summary.output} |",
-        key="batch-predictions", description=f"{task}: {input_path} -> {output_path}")
+    create_markdown_artifact(summary.to_markdown(), key="batch-predictions",
+                             description=f"{task}: {input_path} -> {output_path}")
     return summary.to_dict()

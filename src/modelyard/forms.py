@@ -64,7 +64,8 @@ def refuse_paths_outside_roots(cfg: PipelineConfig, changed: dict[str, Any]) -> 
                                     f"roots ({', '.join(map(str, roots))}); a flow run may only name files inside them")
 
 
-def path_inside(value: str, root: str | os.PathLike[str], what: str, *, also: tuple[Path, ...] = ()) -> Path:
+def path_inside(value: str, root: str | os.PathLike[str], what: str, *,
+                also: tuple[str | os.PathLike[str], ...] = ()) -> Path:
     """A flow run's file parameter, `value`, relative to `root` (or absolute): the resolved path (symbolic links
     followed) when it lies inside `root` or one of `also`; FormError naming `what` otherwise."""
     base = Path(root).resolve()

@@ -53,6 +53,13 @@ class BatchSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"rows_per_s": round(self.rows_per_s, 1)}
 
+    def to_markdown(self) -> str:
+        """One table row, for the flow run's artifact."""
+        return ("| task | version | backend | input | rows | with an error | seconds | rows/s | output |\n"
+                "|---|---|---|---|---|---|---|---|---|\n"
+                f"| {self.model_name} | {self.model_version} | {self.backend} | {self.input_kind} | {self.rows} | "
+                f"{self.errors} | {self.seconds} | {self.rows_per_s:.0f} | {self.output} |")
+
 
 def input_kind(path: Path) -> str:
     """images (a folder), jsonl (.jsonl / .ndjson) or parquet (.parquet, or a folder of them); anything else is
@@ -73,7 +80,7 @@ class ChampionBatches:
     """The `map_batches` callable: one per actor, holding one version of the model."""
 
     def __init__(self, tracking_uri: str, model_name: str, version: str, kind: str, backend: str = "onnxruntime",
-                 threads: int = 1) -> None:
+                 threads: int = 1) -> None:  # one torch / ONNX Runtime thread: the pool is the parallelism
         import torch
 
         from modelyard.inference import Predictor
