@@ -1,4 +1,4 @@
-"""Register the `training-pipeline` and `batch-predict` deployments with the Prefect server and serve their runs.
+"""Register the `training-pipeline`, `hyperparameter-search` and `batch-predict` deployments with the Prefect server and serve their runs.
 
 `make up` runs this in the background: the deployments then appear in the UI, the training form prefilled
 with params.yaml's run, and their Run buttons execute the flows in this process's subprocesses.
@@ -17,6 +17,7 @@ from pathlib import Path
 from modelyard.forms import form_defaults
 from modelyard.runtime import configure_environment, configure_logging
 from pipelines.batch import batch_predict
+from pipelines.search import hyperparameter_search
 from pipelines.training import training_pipeline
 
 
@@ -27,6 +28,8 @@ def deployment_parameters(params_path: str = "params.yaml") -> dict:
 DESCRIPTION = "Train, evaluate, register and (when promoted) serve a model. Edit the form to change a run."
 BATCH_DESCRIPTION = ("Predict a folder of images, a JSON-lines file or a Parquet file under the data root with a "
                      "task's champion; Parquet out under <artifacts>/predictions.")
+SEARCH_DESCRIPTION = ("Search a recipe's hyper-parameters with Ray Tune (Optuna + ASHA), every trial an MLflow child "
+                      "run; the winner is retrained, evaluated and registered as challenger through the gate.")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,6 +49,8 @@ def main() -> None:
 
     serve(training_pipeline.to_deployment(name="training-pipeline", parameters=deployment_parameters(params_path),
                                           tags=["modelyard", "training"], description=DESCRIPTION),
+          hyperparameter_search.to_deployment(name="hyperparameter-search", tags=["modelyard", "search"],
+                                              description=SEARCH_DESCRIPTION),
           batch_predict.to_deployment(name="batch-predict", tags=["modelyard", "inference"],
                                       description=BATCH_DESCRIPTION),
           pause_on_shutdown=False)
@@ -58,6 +63,9 @@ def deploy_to_pool(pool: str, params_path: str) -> None:
     flow.deploy(name="training-pipeline", work_pool_name=pool, parameters=deployment_parameters(params_path),
                 tags=["modelyard", "training"], description=DESCRIPTION, build=False, push=False,
                 job_variables=job_variables)
+    search = hyperparameter_search.from_source(source=str(ROOT), entrypoint="pipelines/search.py:hyperparameter_search")
+    search.deploy(name="hyperparameter-search", work_pool_name=pool, tags=["modelyard", "search"],
+                  description=SEARCH_DESCRIPTION, build=False, push=False, job_variables=job_variables)
     batch = batch_predict.from_source(source=str(ROOT), entrypoint="pipelines/batch.py:batch_predict")
     batch.deploy(name="batch-predict", work_pool_name=pool, tags=["modelyard", "inference"],
                  description=BATCH_DESCRIPTION, build=False, push=False, job_variables=job_variables)

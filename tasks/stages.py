@@ -12,6 +12,8 @@ from modelyard import stages
 from modelyard.config import PipelineConfig
 from modelyard.data.validate import DataValidationError
 from modelyard.runs import Run
+from modelyard.tuning.config import SearchConfig
+from modelyard.tuning.records import SearchResult
 
 
 @task(name="fetch", retries=2, retry_delay_seconds=5)
@@ -37,10 +39,21 @@ def prepare_task(cfg: PipelineConfig) -> str:
 
 
 @task(name="train")
-def train_task(cfg: PipelineConfig) -> dict[str, Any]:
-    result = stages.train(cfg)
+def train_task(cfg: PipelineConfig, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    result = stages.train(cfg, tags=tags)
     return {"run_id": result.run_id, "model_dir": result.model_dir, "wall_time_s": result.wall_time_s,
             "final": result.final}
+
+
+@task(name="search")
+def search_task(cfg: PipelineConfig, settings: SearchConfig, space: dict[str, Any] | None) -> SearchResult:
+    """The trials, ranked; the report (with where its plots are in MLflow) is an artifact."""
+    result = stages.search(cfg, settings, space)
+    where = (f"\n\nPlots and CSV: MLflow run `{result.parent_run_id}`, artifacts `search/`; on the runner: "
+             f"`{result.out_dir}/report/`.\n")
+    create_markdown_artifact(result.report_md + where, key="search-report",
+                             description=f"best {result.best.trial_id}: val accuracy {result.best.score:.4f}")
+    return result
 
 
 @task(name="evaluate")

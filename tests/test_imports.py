@@ -58,7 +58,11 @@ def test_only_the_registry_talks_to_mlflow():
 
 
 def test_only_the_distributed_module_imports_ray_train():
-    assert not offenders(LIBRARY, ("ray.train", "ray.tune"), allowed=("src/modelyard/training/distributed.py",))
+    assert not offenders(LIBRARY, ("ray.train",), allowed=("src/modelyard/training/distributed.py",))
+
+
+def test_only_the_search_imports_ray_tune():
+    assert not offenders(LIBRARY, ("ray.tune", "optuna"), allowed=("src/modelyard/tuning/",))
 
 
 def test_config_imports_no_model_data_or_torch_code():

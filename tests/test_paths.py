@@ -37,7 +37,8 @@ def test_the_layout_of_one_task(tmp_path):
     assert p.eval_dir == p.task_dir / "eval" and p.metrics_path == p.task_dir / "metrics.json"
     assert p.register_dir == p.task_dir / "register"
     assert p.runs_root == artifacts / "runs"
-    assert p.published() == [p.dataset_dir, *outputs(p)]
+    assert p.search_dir == p.task_dir / "search"
+    assert p.published() == [p.dataset_dir, *outputs(p), p.search_dir]
 
 
 def test_shared_raw_downloads_live_where_raw_dir_says(tmp_path):

@@ -228,6 +228,74 @@ def rollback(
     raise typer.Exit(1)
 
 
+@app.command()
+def tune(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    recipe: RecipeOpt = None,
+    space: Annotated[str | None, typer.Option(help="Settings to search, as JSON or a YAML/JSON file, merged over "
+                                              "the family's space: '{\"train.learning_rate\": {\"loguniform\": "
+                                              "[0.01, 0.3]}}' (null drops one).")] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Configurations to try.")] = 12,
+    concurrency: Annotated[str, typer.Option(help="Trials at once, or auto.")] = "auto",
+    cpus_per_trial: Annotated[int, typer.Option(min=1)] = 1,
+    scheduler: Annotated[str, typer.Option(help="asha (stop trailing trials) or fifo.")] = "asha",
+    time_budget_min: Annotated[float, typer.Option(min=0, help="Minutes the search may take (0: no limit).")] = 45,
+    engine: Annotated[str, typer.Option(help="auto, local (the worker inside the trial) or ray_train.")] = "auto",
+    register: Annotated[bool, typer.Option(help="Retrain the winner, evaluate it and register it as challenger "
+                                                "through the promotion gate.")] = True,
+) -> None:
+    """Search the task's hyper-parameters with Ray Tune (Optuna's sampler, ASHA); the report goes to
+    artifacts/<dataset>/<family>/search/ and MLflow (a parent run, a child run per trial)."""
+    from pydantic import ValidationError
+
+    from modelyard import stages
+    from modelyard.runs import open_run
+    from modelyard.tuning.config import SearchConfig
+    from modelyard.tuning.space import SearchSpaceError, resolve_space
+
+    cfg = _config(params, set_, recipe)
+    try:
+        settings = SearchConfig(trials=trials, concurrency=int(concurrency) if concurrency.isdigit() else concurrency,
+                                cpus_per_trial=cpus_per_trial, scheduler=scheduler,
+                                time_budget_min=time_budget_min or None, engine=engine)
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    parsed = _space_option(space)
+    try:
+        resolve_space(cfg, parsed)  # refused before anything runs
+    except SearchSpaceError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--space") from None
+    with open_run(cfg, params_path=params) as run:
+        for stage in (stages.fetch, stages.validate, stages.prepare):
+            stage(run.cfg)
+        result = stages.search(run.cfg, settings, parsed)
+        typer.echo(result.report_md)
+        if not register:
+            return
+        winner, tags = stages.winner_config(run.cfg, result)
+        stages.prepare(winner)
+        stages.train(winner, tags=tags)
+        stages.evaluate(winner)
+        summary = stages.register(winner)
+        typer.echo(summary["report"])
+        run.publish()
+
+
+def _space_option(value: str | None) -> dict[str, Any] | None:
+    """--space: inline JSON, or a YAML/JSON file."""
+    if not value:
+        return None
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise typer.BadParameter(f"not JSON/YAML: {exc}", param_hint="--space") from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter("expected a mapping of setting -> distribution", param_hint="--space")
+    return parsed
+
+
 @app.command("predict-batch")
 def predict_batch(
     task: Annotated[str, typer.Argument(help="The registered model name whose champion predicts.")],

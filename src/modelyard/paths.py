@@ -82,10 +82,15 @@ class TaskPaths:
         return self.task_dir / "register"
 
     @property
+    def search_dir(self) -> Path:
+        """The last hyper-parameter search's report, trials and Tune state (modelyard.tuning)."""
+        return self.task_dir / "search"
+
+    @property
     def runs_root(self) -> Path:
         return self.artifacts_dir / "runs"
 
     def published(self) -> list[Path]:
         """What a pipeline run publishes to the stable paths, in the order it is copied."""
         return [self.dataset_dir, self.validation_dir, self.prepared_dir, self.train_dir, self.eval_dir,
-                self.register_dir, self.metrics_path]
+                self.register_dir, self.metrics_path, self.search_dir]

@@ -90,6 +90,18 @@ RECIPES: dict[str, dict[str, Any]] = {
         "data": {"dataset": "rt_polarity"},
         "model": {"name": "lstm", "max_length": 64, "embedding_dim": 128, "hidden": 128},
         "train": _FINE_TUNE | {"epochs": 8, "batch_size": 64, "learning_rate": 2e-3, "weight_decay": 1e-4},
+        # The family's space, plus the cell, the length read and token dropping (a sentence's words matter).
+        "search": {
+            "train.learning_rate": {"loguniform": [5e-4, 5e-3]},
+            "train.weight_decay": {"loguniform": [1e-4, 0.1]},
+            "train.batch_size": {"choice": [32, 64, 128]},
+            "train.epochs": {"int": [3, 10]},
+            "model.cell": {"choice": ["lstm", "gru"]},
+            "model.embedding_dim": {"choice": [128, 256]},
+            "model.hidden": {"choice": [64, 128, 256]},
+            "model.dropout": {"uniform": [0.2, 0.6]},
+            "prepare.augment.token_delete_prob": {"uniform": [0.0, 0.15]},
+        },
     },
     "bbc-bert": {
         "description": "BBC News topics, all-MiniLM-L6-v2 fine-tuned on each article's first 256 tokens",
@@ -117,8 +129,21 @@ RECIPES: dict[str, dict[str, Any]] = {
 RECIPE_NAMES = tuple(RECIPES)
 
 
+NOT_SECTIONS = ("description", "search")  # what a recipe says of itself, not settings of its run
+
+
 def recipe_overrides(name: str) -> dict[str, Any]:
-    """The sections a recipe sets (its description left out)."""
+    """The sections a recipe sets (its description and search space left out)."""
+    return {k: v for k, v in _recipe(name).items() if k not in NOT_SECTIONS}
+
+
+def recipe_search_space(name: str) -> dict[str, Any]:
+    """The search space a recipe names for `modelyard tune` (modelyard.tuning.space); {} when it names none,
+    and its family's is used."""
+    return dict(_recipe(name).get("search", {}))
+
+
+def _recipe(name: str) -> dict[str, Any]:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; available: {', '.join(RECIPE_NAMES)}")
-    return {k: v for k, v in RECIPES[name].items() if k != "description"}
+    return RECIPES[name]

@@ -39,9 +39,10 @@ def prepare(cfg: PipelineConfig) -> Path:
     return prepare_splits(paths.dataset_dir, cfg.prepare, paths.prepared_dir)
 
 
-def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = None):
+def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = None,
+          tags: dict[str, str] | None = None):
     """Train with Ray Train on data the validation passed and the split cut from them, in the pipeline's MLflow
-    run (opened here, left RUNNING for evaluate and register)."""
+    run (opened here, left RUNNING for evaluate and register; `tags` added to it)."""
     from modelyard.data.prepare import check_prepared
     from modelyard.data.validate import check_validated
     from modelyard.models import family_config
@@ -58,7 +59,7 @@ def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = 
         run_id = tracking.open_training_run(uri, cfg.registry.experiment, params, tags={
             "modelyard.stage": "train", "modelyard.model": family.name, "modelyard.dataset": cfg.data.dataset,
             "modelyard.recipe": cfg.recipe or "", "modelyard.task": cfg.task_name,
-            "modelyard.outputs": str(paths.task_dir.resolve())})
+            "modelyard.outputs": str(paths.task_dir.resolve())} | (tags or {}))
         log.info("MLflow run %s at %s", run_id, uri)
     try:
         result = ray_train(cfg, family, paths.dataset_dir, paths.prepared_dir, paths.train_dir, run_id=run_id,
@@ -88,6 +89,39 @@ def register(cfg: PipelineConfig) -> dict[str, Any]:
     from modelyard.registry.registration import register as run_registration
 
     return run_registration(cfg, TaskPaths.of(cfg))
+
+
+def search(cfg: PipelineConfig, settings=None, space: dict[str, Any] | None = None, *,
+           ray_address: str | None = None):
+    """Search the task's hyper-parameters (modelyard.tuning) on the prepared split the validation passed; the
+    report goes to `<task>/search/`, the trials to MLflow (a parent run, a child run per trial). `space` is
+    merged over the family's (or recipe's) space. Returns the SearchResult; `winner_config` is the next step."""
+    from modelyard.data.prepare import check_prepared
+    from modelyard.data.validate import check_validated
+    from modelyard.tuning.config import SearchConfig
+    from modelyard.tuning.search import run_search, save_result
+    from modelyard.tuning.space import resolve_space
+
+    paths = TaskPaths.of(cfg)
+    check_validated(paths.validation_dir, paths.dataset_dir)
+    check_prepared(paths.prepared_dir, paths.dataset_dir)
+    resolved = resolve_space(cfg, space)
+    out = paths.search_dir
+    result = run_search(cfg, resolved, settings or SearchConfig(), paths.dataset_dir, paths.prepared_dir, out,
+                        tracking_uri=cfg.registry.resolved_tracking_uri(), ray_address=ray_address)
+    save_result(result, out / "search.json")
+    return result
+
+
+def winner_config(cfg: PipelineConfig, result) -> tuple[PipelineConfig, dict[str, str]]:
+    """The searched config with the best trial's settings, and the tags its training run carries (which search,
+    which trial): the pipeline then retrains it, and registration enters it as the challenger."""
+    from modelyard.tuning.records import SEARCH_TAG, TRIAL_TAG
+    from modelyard.tuning.search import winner_overrides
+
+    tags = {SEARCH_TAG: result.parent_run_id or "", TRIAL_TAG: result.best.trial_id,
+            "modelyard.search.val_accuracy": f"{result.best.score:.4f}"}
+    return cfg.with_overrides(winner_overrides(result)), tags
 
 
 def samples(cfg: PipelineConfig) -> list[Path]:

@@ -92,4 +92,15 @@ def build(hf_config: dict[str, Any], num_classes: int) -> HFClassifier:
     return HFClassifier(hf_config, num_classes)
 
 
+# What `modelyard tune` varies by default (modelyard.tuning.space): the usual fine-tuning grid's ranges
+# (rate, decay, warm-up, batch, epochs) and how much slower the encoder learns than the head.
+SEARCH_SPACE = {
+    "train.learning_rate": {"loguniform": [2e-5, 2e-4]},
+    "train.weight_decay": {"loguniform": [1e-3, 0.1]},
+    "train.batch_size": {"choice": [16, 32, 64]},
+    "train.epochs": {"int": [2, 5]},
+    "train.warmup_epochs": {"uniform": [0.0, 0.5]},
+    "model.backbone_lr_scale": {"loguniform": [0.3, 1.0]},
+}
+
 Config = BertConfig

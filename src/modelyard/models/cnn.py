@@ -52,4 +52,16 @@ def build(in_channels: int, num_classes: int, width: int, dropout: float) -> CNN
     return CNN(in_channels, num_classes, width, dropout)
 
 
+# What `modelyard tune` varies by default (modelyard.tuning.space).
+SEARCH_SPACE = {
+    "train.learning_rate": {"loguniform": [0.02, 0.3]},
+    "train.weight_decay": {"loguniform": [1e-5, 2e-3]},
+    "train.batch_size": {"choice": [64, 128, 256]},
+    "train.warmup_epochs": {"uniform": [0.0, 2.0]},
+    "model.width": {"choice": [16, 32, 48]},
+    "model.dropout": {"uniform": [0.0, 0.4]},
+    "prepare.augment.crop_padding": {"choice": [0, 1, 2, 3]},
+    "prepare.augment.erasing_prob": {"uniform": [0.0, 0.5]},
+}
+
 Config = CNNConfig

@@ -83,4 +83,15 @@ def build(in_features: int, num_classes: int, widths: list[int], kernels: list[i
     return FCN(in_features, num_classes, widths, kernels, dropout)
 
 
+# What `modelyard tune` varies by default (modelyard.tuning.space).
+SEARCH_SPACE = {
+    "train.learning_rate": {"loguniform": [3e-4, 1e-2]},
+    "train.weight_decay": {"loguniform": [1e-5, 1e-2]},
+    "train.batch_size": {"choice": [16, 32, 64]},
+    "train.warmup_epochs": {"uniform": [0.0, 4.0]},
+    "model.dropout": {"uniform": [0.0, 0.5]},
+    "prepare.augment.jitter_std": {"uniform": [0.0, 0.1]},
+    "prepare.augment.scale_std": {"uniform": [0.0, 0.2]},
+}
+
 Config = FCNConfig

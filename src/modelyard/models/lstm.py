@@ -77,4 +77,17 @@ def build(num_classes: int, cell: str, embedding_dim: int, hidden: int, layers: 
     return RNNClassifier(num_classes, cell, embedding_dim, hidden, layers, dropout, vocab_size, pad_id, in_features)
 
 
+# What `modelyard tune` varies by default (modelyard.tuning.space): AdamW's rate and decay, widths, depth,
+# dropout, the batch and how long. Text recipes add token dropping (prepare.augment) in their own space.
+SEARCH_SPACE = {
+    "train.learning_rate": {"loguniform": [5e-4, 1e-2]},
+    "train.weight_decay": {"loguniform": [1e-5, 0.1]},
+    "train.batch_size": {"choice": [32, 64, 128]},
+    "train.epochs": {"int": [4, 12]},
+    "model.embedding_dim": {"choice": [64, 128, 256]},
+    "model.hidden": {"choice": [64, 128, 256]},
+    "model.layers": {"int": [1, 2]},
+    "model.dropout": {"uniform": [0.1, 0.6]},
+}
+
 Config = LSTMConfig

@@ -46,4 +46,18 @@ def build(in_features: int, num_classes: int, hidden: int, depth: int, dropout: 
     return MLP(in_features, num_classes, hidden, depth, dropout)
 
 
+# What `modelyard tune` varies by default (modelyard.tuning.space): SGD's rate and decay, width, depth, dropout,
+# the batch, how long, and the two image augmentations an MLP over pixels can use.
+SEARCH_SPACE = {
+    "train.learning_rate": {"loguniform": [0.01, 0.3]},
+    "train.weight_decay": {"loguniform": [1e-5, 1e-3]},
+    "train.batch_size": {"choice": [64, 128, 256]},
+    "train.epochs": {"int": [15, 40]},
+    "model.hidden": {"choice": [512, 1024, 2048]},
+    "model.depth": {"int": [1, 3]},
+    "model.dropout": {"uniform": [0.0, 0.5]},
+    "prepare.augment.crop_padding": {"choice": [0, 1, 2]},
+    "prepare.augment.hflip_prob": {"uniform": [0.0, 0.5]},
+}
+
 Config = MLPConfig

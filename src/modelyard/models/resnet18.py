@@ -37,4 +37,15 @@ def build(in_channels: int, num_classes: int, stem: str) -> nn.Module:
     return model
 
 
+# What `modelyard tune` varies by default (modelyard.tuning.space).
+SEARCH_SPACE = {
+    "train.learning_rate": {"loguniform": [0.02, 0.4]},
+    "train.weight_decay": {"loguniform": [1e-5, 1e-3]},
+    "train.batch_size": {"choice": [128, 256, 512]},
+    "train.warmup_epochs": {"uniform": [0.0, 3.0]},
+    "train.label_smoothing": {"uniform": [0.0, 0.2]},
+    "prepare.augment.crop_padding": {"choice": [0, 2, 4]},
+    "prepare.augment.erasing_prob": {"uniform": [0.0, 0.5]},
+}
+
 Config = ResNet18Config

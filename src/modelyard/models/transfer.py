@@ -207,4 +207,15 @@ def build(backbone: str, num_classes: int, dropout: float, frozen: bool) -> Tran
     return TransferNet(create_backbone(backbone), FEATURES[backbone], num_classes, dropout, frozen)
 
 
+# What `modelyard tune` varies by default (modelyard.tuning.space): the head's rate and decay, how much slower
+# the backbone learns (fine-tuning), dropout and the batch.
+SEARCH_SPACE = {
+    "train.learning_rate": {"loguniform": [3e-4, 1e-2]},
+    "train.weight_decay": {"loguniform": [1e-5, 1e-1]},
+    "train.batch_size": {"choice": [64, 128, 256]},
+    "train.warmup_epochs": {"uniform": [0.0, 1.0]},
+    "model.backbone_lr_scale": {"loguniform": [0.05, 1.0]},
+    "model.dropout": {"uniform": [0.0, 0.5]},
+}
+
 Config = TransferConfig

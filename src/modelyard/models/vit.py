@@ -108,4 +108,16 @@ def build(in_channels: int, image_size: list[int], num_classes: int, patch_size:
     return ViT(in_channels, image_size, num_classes, patch_size, dim, depth, heads, mlp_ratio, dropout)
 
 
+# What `modelyard tune` varies by default (modelyard.tuning.space).
+SEARCH_SPACE = {
+    "train.learning_rate": {"loguniform": [2e-4, 3e-3]},
+    "train.weight_decay": {"loguniform": [1e-3, 0.1]},
+    "train.batch_size": {"choice": [64, 128, 256]},
+    "train.warmup_epochs": {"uniform": [0.0, 2.0]},
+    "model.depth": {"int": [4, 8]},
+    "model.mlp_ratio": {"choice": [2.0, 3.0, 4.0]},
+    "model.dropout": {"uniform": [0.0, 0.3]},
+    "prepare.augment.crop_padding": {"choice": [0, 1, 2]},
+}
+
 Config = ViTConfig

@@ -48,6 +48,7 @@ def promote_if_better(
     champion_alias: str = "champion",
     challenger_alias: str = "challenger",
     score_champion: Callable[[Path], float] | None = None,
+    enter_as_challenger: bool = False,
 ) -> PromotionDecision:
     """Give `version` the champion alias if there is none or it is at least as good on the same test set.
 
@@ -56,9 +57,15 @@ def promote_if_better(
     for like. A version that loses becomes the challenger. The whole read-compare-move holds the registry's
     own lock (modelyard.registry.lock), and each alias moves only if it still points where it was read:
     promotions from any process or host on the same store come one after the other.
+
+    `enter_as_challenger` (a search's winner): the version takes the challenger alias first, then the same
+    comparison decides whether it also becomes the champion.
     """
     set_version_tags(tracking_uri, name, version, {metric: value, "test_set_sha256": test_set_hash})
     with registry_lock(tracking_uri, name):
+        if enter_as_challenger:
+            compare_and_set_alias(tracking_uri, name, challenger_alias, version,
+                                  expected=current_alias_version(tracking_uri, name, challenger_alias))
         champion = get_version(tracking_uri, name, alias=champion_alias)
         if champion is None or champion.version == version:
             compare_and_set_alias(tracking_uri, name, champion_alias, version,

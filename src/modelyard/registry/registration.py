@@ -18,7 +18,15 @@ from modelyard.lineage import collect_lineage
 from modelyard.models import config_class
 from modelyard.paths import TaskPaths
 from modelyard.registry.promotion import PromotionDecision, promote_if_better
-from modelyard.registry.tracking import claimed_run, end_run, log_artifacts, log_metrics, set_tags, start_run
+from modelyard.registry.tracking import (
+    claimed_run,
+    end_run,
+    get_run,
+    log_artifacts,
+    log_metrics,
+    set_tags,
+    start_run,
+)
 from modelyard.registry.versions import log_model, set_version_tags
 
 log = logging.getLogger(__name__)
@@ -27,6 +35,7 @@ log = logging.getLogger(__name__)
 # family and modality add theirs.
 MODEL_RUNTIME_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pydantic", "pyyaml", "mlflow")
 ONNX_CHECK_ROWS = 128
+SEARCH_TAG_PREFIX = "modelyard.search."  # tags a search's winner carries (modelyard.tuning.search)
 
 
 def register(cfg: PipelineConfig, paths: TaskPaths) -> dict[str, Any]:
@@ -39,13 +48,17 @@ def register(cfg: PipelineConfig, paths: TaskPaths) -> dict[str, Any]:
         run_id = train_info.get("run_id") or start_run(uri, cfg.registry.experiment, params=cfg.flat(),
                                                        tags={"modelyard.stage": "register"})
         lineage = _log_evaluation(uri, run_id, paths, train_info, evaluation)
+        # A search's winner carries its search run on its training run (modelyard.stages.search): it names it
+        # in its lineage and enters the registry as the challenger.
+        search = {k: v for k, v in get_run(uri, run_id)["tags"].items() if k.startswith(SEARCH_TAG_PREFIX)}
         version, onnx_tags = _log_model(cfg, paths, uri, run_id)
-        set_version_tags(uri, cfg.task_name, version, lineage | onnx_tags)
+        set_version_tags(uri, cfg.task_name, version, lineage | onnx_tags | search)
         decision = promote_if_better(  # under the registry's own lock: runs registering at once take turns
             uri, cfg.task_name, version, metric="test.accuracy", value=float(evaluation["accuracy"]),
             test_set_hash=evaluation["test_set_sha256"], champion_alias=cfg.registry.champion_alias,
             challenger_alias=cfg.registry.challenger_alias,
-            score_champion=lambda model_dir: score_model_dir(model_dir, paths.dataset_dir)["accuracy"])
+            score_champion=lambda model_dir: score_model_dir(model_dir, paths.dataset_dir)["accuracy"],
+            enter_as_challenger=bool(search))
         summary, report = _write_registration(paths, uri, run_id, cfg.task_name, version, decision, onnx_tags)
         log_artifacts(uri, run_id, paths.register_dir / "report.md")
         end_run(uri, run_id)

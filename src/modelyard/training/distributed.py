@@ -77,12 +77,14 @@ def check_devices(cfg: PipelineConfig) -> None:
 
 
 def train(cfg: PipelineConfig, family: FamilyConfig, dataset_dir: Path, prepared_dir: Path, output_dir: Path, *,
-          run_id: str | None = None, sink: MetricsSink | None = None, ray_address: str | None = None) -> TrainResult:
+          run_id: str | None = None, sink: MetricsSink | None = None, ray_address: str | None = None,
+          callbacks: list[Any] | None = None, augment: dict[str, Any] | None = None) -> TrainResult:
     """Train `family` on the prepared split with Ray Train (workers planned by `plan_workers`).
 
     Writes `<output_dir>/model/` (weights + spec), `history.json`, `train.json` and TensorBoard events under
     `<output_dir>/tensorboard/`; per-epoch metrics also go to `sink` from rank 0. The output replaces the
-    previous one only when training succeeded.
+    previous one only when training succeeded. `callbacks` go to Ray Train's RunConfig (a search trial's
+    TuneReportCallback); `augment` replaces the prepared augmentation policy (a search trial's).
     """
     import ray
 
@@ -100,10 +102,10 @@ def train(cfg: PipelineConfig, family: FamilyConfig, dataset_dir: Path, prepared
     try:
         plan = plan_workers(cfg.train, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
         log.info("training plan: %s", plan.reason)
-        job = prepare_job(family, cfg.train, dataset_dir, prepared_dir)
+        job = prepare_job(family, cfg.train, dataset_dir, prepared_dir, augment=augment)
         loading = choose_loading(cfg.data, job)
         log.info("data: %s", describe(job, loading))
-        result = _fit(cfg, job, plan, loading, staging, output_dir, run_id, sink)
+        result = _fit(cfg, job, plan, loading, staging, output_dir, run_id, sink, callbacks)
         replace_dir(staging, output_dir)  # only now: a failed run leaves the previous output intact
         return result
     finally:
@@ -113,7 +115,7 @@ def train(cfg: PipelineConfig, family: FamilyConfig, dataset_dir: Path, prepared
 
 
 def _fit(cfg: PipelineConfig, job: TrainingJob, plan: WorkerPlan, loading: str, staging: Path, output_dir: Path,
-         run_id: str | None, sink: MetricsSink | None) -> TrainResult:
+         run_id: str | None, sink: MetricsSink | None, callbacks: list[Any] | None = None) -> TrainResult:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -134,7 +136,8 @@ def _fit(cfg: PipelineConfig, job: TrainingJob, plan: WorkerPlan, loading: str, 
             run_config=RunConfig(name=f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                                  storage_path=cfg.train.storage or str(output_dir.parent / "ray"),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
-                                 failure_config=FailureConfig(max_failures=cfg.train.max_failures)))
+                                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                                 callbacks=callbacks))
         start, fit_called_at = time.perf_counter(), time.time()
         result = trainer.fit()
         wall = time.perf_counter() - start

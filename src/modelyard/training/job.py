@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +40,10 @@ class TrainingJob:
 
 
 def prepare_job(family: FamilyConfig, train: TrainConfig, dataset_dir: str | os.PathLike[str],
-                prepared_dir: str | os.PathLike[str]) -> TrainingJob:
+                prepared_dir: str | os.PathLike[str], augment: Mapping[str, Any] | None = None) -> TrainingJob:
     """The spec (family, builder arguments, labels, fitted preprocessing), the data and the seeded initial
-    weights of training `family` on the prepared split of the dataset in `dataset_dir`."""
+    weights of training `family` on the prepared split of the dataset in `dataset_dir`. `augment` (a search
+    trial's `prepare.augment`) replaces the prepared augmentation policy; the split and statistics stay."""
     meta = read_metadata(dataset_dir)
     modality = modality_of(meta)
     if modality.name not in family.modalities:
@@ -49,6 +51,7 @@ def prepare_job(family: FamilyConfig, train: TrainConfig, dataset_dir: str | os.
                          f"holds {modality.name} data; pick a family that takes {modality.name} "
                          "(`modelyard families`) or a recipe (`modelyard recipes`)")
     prepared = load_prepared(prepared_dir)
+    policy = prepared.policy if augment is None else modality.policy(get_dataset(meta["name"]).augment, augment)
     preprocessor = modality.fit_preprocessor(family.preprocessing(), prepared.statistics,
                                              get_dataset(meta["name"]).schema)
     split = load_split(dataset_dir, "train")
@@ -64,7 +67,7 @@ def prepare_job(family: FamilyConfig, train: TrainConfig, dataset_dir: str | os.
     torch.manual_seed(train.seed)  # the initial weights are a function of the seed, as the run's record says
     model = spec.build()
     family.prepare(model)  # pretrained weights, frozen layers
-    return TrainingJob(family, spec, prepared.policy, arrays, prepared.train_indices, prepared.val_indices,
+    return TrainingJob(family, spec, policy, arrays, prepared.train_indices, prepared.val_indices,
                        {k: v.detach().clone() for k, v in model.state_dict().items()})
 
 
