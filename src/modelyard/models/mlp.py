@@ -53,7 +53,7 @@ SEARCH_SPACE = {
     "train.weight_decay": {"loguniform": [1e-5, 1e-3]},
     "train.batch_size": {"choice": [64, 128, 256]},
     "train.epochs": {"int": [15, 40]},
-    "model.hidden": {"choice": [512, 1024, 2048]},
+    "model.hidden": {"choice": [256, 512, 1024]},
     "model.depth": {"int": [1, 3]},
     "model.dropout": {"uniform": [0.0, 0.5]},
     "prepare.augment.crop_padding": {"choice": [0, 1, 2]},
