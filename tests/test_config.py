@@ -125,7 +125,7 @@ def test_tracking_uri_resolution(monkeypatch, tmp_path):
 def test_flat_params_for_mlflow():
     cfg = load_config(PARAMS, {"recipe": "fashion-mlp"})
     flat = cfg.flat()
-    assert flat["train.epochs"] == cfg.train.epochs == 15
+    assert flat["train.epochs"] == cfg.train.epochs == 24
     assert (flat["recipe"], flat["model.name"]) == ("fashion-mlp", "mlp")
     assert flat["data.dataset"] == "fashion_mnist"
     assert "validate.max_train_test_overlap" in flat and "prepare.val_fraction" in flat

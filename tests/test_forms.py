@@ -74,11 +74,11 @@ def test_the_flow_lets_a_recipe_through_the_prefilled_form_and_keeps_what_was_ed
     prefilled = form_defaults(PARAMS)
     untouched = config_from_form(PARAMS, "fashion-mlp", prefilled)  # untouched: the recipe decides
     assert untouched == load_config(PARAMS, {"recipe": "fashion-mlp"})
-    assert untouched.model.name == "mlp" and untouched.train.epochs == 15
+    assert untouched.model.name == "mlp" and untouched.train.epochs == 24
     edited = prefilled | {"train": {**prefilled["train"], "epochs": 3}}
     cfg = config_from_form(PARAMS, "fashion-mlp", edited)
     assert cfg.model.name == "mlp" and cfg.model.fields["hidden"] == 512  # the recipe's family and fields
-    assert cfg.train.epochs == 3 and cfg.train.learning_rate == 0.05  # the edit, and the recipe's rate
+    assert cfg.train.epochs == 3 and cfg.train.learning_rate == 0.0641  # the edit, and the recipe's rate
     another = edited | {"model": {"name": "transfer", "mode": "fine_tuning"}}
     cfg = config_from_form(PARAMS, "fashion-mlp", another)  # a family picked in the form wins as a whole
     assert cfg.model.name == "transfer" and cfg.model.fields == {"mode": "fine_tuning"}

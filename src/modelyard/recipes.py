@@ -23,12 +23,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         "data": {"dataset": "fashion_mnist"},
         "model": {"name": "cnn"},
     },
+    # The settings of the search that lifted it from 88.38% to 90.84% (README: Hyper-parameter search), rounded.
     "fashion-mlp": {
         "description": "Fashion-MNIST, raw-PyTorch MLP (2 x 512) over pixels: the baseline",
         "data": {"dataset": "fashion_mnist"},
-        "model": {"name": "mlp", "hidden": 512, "depth": 2, "dropout": 0.2},
-        "prepare": {"augment": {"crop_padding": 1, "hflip_prob": 0.5, "erasing_prob": 0.0}},
-        "train": {"epochs": 15, "learning_rate": 0.05, "channels_last": False},
+        "model": {"name": "mlp", "hidden": 512, "depth": 2, "dropout": 0.0169},
+        "prepare": {"augment": {"crop_padding": 0, "hflip_prob": 0.0355, "erasing_prob": 0.0}},
+        "train": {"epochs": 24, "batch_size": 64, "learning_rate": 0.0641, "weight_decay": 1.61e-5,
+                  "channels_last": False},
     },
     "fashion-gpu": {
         "description": "Fashion-MNIST on one GPU: torchvision ResNet-18 (CIFAR stem) from scratch, batch 512, "

@@ -156,6 +156,24 @@ def test_the_deployment_run_from_the_api_trains_registers_and_serves(stack, imag
     assert not list(stack.home.iterdir()), [str(p) for p in stack.home.rglob("*")]
 
 
+def test_the_search_deployment_is_served_with_its_form(stack):
+    """hyperparameter-search beside the others (tests/tuning runs the flow itself): its form has the recipe
+    select, the search space and the search's settings, and a bad space fails the run before anything runs."""
+    search = stack.prefect.get(f"{stack.prefect_api}/deployments/name/hyperparameter-search/hyperparameter-search",
+                               timeout=10)
+    assert search.status_code == 200, search.text
+    properties = search.json()["parameter_openapi_schema"]["properties"]
+    assert {"recipe", "space", "search", "train", "data", "register_winner"} <= set(properties)
+    created = stack.prefect.post(f"{stack.prefect_api}/deployments/{search.json()['id']}/create_flow_run",
+                                 json={"parameters": {"space": {"train.seed": {"int": [1, 5]}}}}, timeout=10)
+    created.raise_for_status()
+    run = wait_for_flow_run(stack, created.json()["id"])
+    assert run["state_type"] == "FAILED", run["state_name"]
+    logs = stack.prefect.post(f"{stack.prefect_api}/logs/filter", json={
+        "logs": {"flow_run_id": {"any_": [run["id"]]}}}, timeout=10).json()
+    assert any("train.seed is set by the search itself" in entry["message"] for entry in logs), logs[-3:]
+
+
 def test_the_batch_predict_deployment_writes_a_row_per_file_and_refuses_paths_outside_the_roots(stack, image_bytes):
     """batch-predict through the API (after the first test registered a champion): real test PNGs and a broken
     file in the runner's data root, a Parquet row each under its artifact root; a path leading out is refused."""

@@ -132,6 +132,7 @@ def _markdown(result: Any, cfg: PipelineConfig, plots: list[str]) -> str:
 def _score_plot(result: Any, path: Path) -> str | None:
     """The score over the two settings that mattered most (one when only one was searched)."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -146,7 +147,9 @@ def _score_plot(result: Any, path: Path) -> str | None:
     x = [_axis_value(t.sample.get(keys[0]), result.space[keys[0]]) for t in scored]
     if len(keys) == 2:
         y = [_axis_value(t.sample.get(keys[1]), result.space[keys[1]]) for t in scored]
-        points = ax.scatter(x, y, c=scores, cmap="viridis", s=70, edgecolors="black")
+        # The colour scale spans the middle of the scores: one diverged trial would flatten the rest into one colour.
+        low = float(np.percentile(scores, 10)) if len(scores) >= 5 else min(scores)
+        points = ax.scatter(x, y, c=scores, cmap="viridis", s=70, edgecolors="black", vmin=low, vmax=max(scores))
         fig.colorbar(points, ax=ax, label=f"{METRIC} at epoch {depth}")
         ax.set_ylabel(keys[1])
         _scale(ax.set_yscale, result.space[keys[1]], ax.set_yticks, ax.set_yticklabels)
@@ -184,6 +187,7 @@ def _scale(set_scale: Any, dist: dict[str, Any], set_ticks: Any, set_labels: Any
 def _curves_plot(result: Any, path: Path) -> str | None:
     """Every trial's validation accuracy by epoch; stopped trials dashed, the best in red."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -201,6 +205,9 @@ def _curves_plot(result: Any, path: Path) -> str | None:
         ax.plot(epochs, acc, color="red" if best else palette[i % len(palette)], linewidth=2.5 if best else 1.0,
                 linestyle="-" if t.status == "completed" else "--", marker="o" if len(acc) < 3 else None,
                 label=f"best ({t.trial_id})" if best else None, alpha=1.0 if best else 0.7)
+    values = [h[METRIC] for t in result.trials for h in t.history]
+    if len(values) >= 10:  # the bulk of the curves, not one diverged trial's floor
+        ax.set_ylim(bottom=max(0.0, float(np.percentile(values, 5)) - 0.02))
     ax.set_xlabel("epoch")
     ax.set_ylabel(METRIC)
     ax.set_title(f"{result.task}: learning curves (dashed: stopped early)", fontsize=10)
