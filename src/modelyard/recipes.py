@@ -92,13 +92,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         "data": {"dataset": "rt_polarity"},
         "model": {"name": "lstm", "max_length": 64, "embedding_dim": 128, "hidden": 128},
         "train": _FINE_TUNE | {"epochs": 8, "batch_size": 64, "learning_rate": 2e-3, "weight_decay": 1e-4},
-        # The family's space, plus the cell, the length read and token dropping (a sentence's words matter).
+        # The family's space, plus the cell, the embedding's start (from scratch, or the tokenizer's own model's
+        # token embeddings) and token dropping.
         "search": {
             "train.learning_rate": {"loguniform": [5e-4, 5e-3]},
             "train.weight_decay": {"loguniform": [1e-4, 0.1]},
             "train.batch_size": {"choice": [32, 64, 128]},
             "train.epochs": {"int": [3, 10]},
             "model.cell": {"choice": ["lstm", "gru"]},
+            "model.embedding_init": {"choice": ["random", "pretrained"]},
             "model.embedding_dim": {"choice": [128, 256]},
             "model.hidden": {"choice": [64, 128, 256]},
             "model.dropout": {"uniform": [0.2, 0.6]},

@@ -35,6 +35,10 @@ class LSTMConfig(FamilyConfig):
     hidden: int = Field(128, ge=8, le=4096, description="Units per direction.")
     layers: int = Field(1, ge=1, le=4)
     dropout: float = Field(0.3, ge=0, lt=1)
+    embedding_init: Literal["random", "pretrained"] = Field(
+        "random", description="Text: pretrained starts the embedding from the tokenizer's own model's token "
+                              "embeddings (all-MiniLM-L6-v2's: 384 wide, which then sets the width; "
+                              "embedding_dim is not used), trained further with the rest. random: from scratch.")
 
     def preprocessing(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer, "max_length": self.max_length}
@@ -42,8 +46,36 @@ class LSTMConfig(FamilyConfig):
     def builder_args(self, model_input: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
         # What the input layer needs: a vocabulary (token ids) or the width of a frame (a series' values).
         steps = {k: model_input[k] for k in ("vocab_size", "pad_id", "in_features") if k in model_input}
-        return {**steps, "num_classes": num_classes, "cell": self.cell, "embedding_dim": self.embedding_dim,
+        width = self.embedding_dim
+        if self.embedding_init == "pretrained":
+            if "vocab_size" not in model_input:
+                raise ValueError("model.embedding_init=pretrained needs text input (token ids); a series has none")
+            width = self._pretrained_embeddings().shape[1]
+        return {**steps, "num_classes": num_classes, "cell": self.cell, "embedding_dim": width,
                 "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout}
+
+    def prepare(self, model: nn.Module) -> None:
+        """With embedding_init=pretrained: the tokenizer's model's token embeddings into the embedding."""
+        if self.embedding_init != "pretrained":
+            return
+        weights = self._pretrained_embeddings()
+        if model.embedding is None or model.embedding.weight.shape != weights.shape:
+            raise ValueError(f"{self.tokenizer}'s token embeddings are {tuple(weights.shape)}, the model's "
+                             f"{tuple(model.embedding.weight.shape) if model.embedding is not None else None}")
+        with torch.no_grad():
+            model.embedding.weight.copy_(weights)
+
+    def _pretrained_embeddings(self) -> torch.Tensor:
+        """(vocabulary, width) token embeddings of the model the tokenizer comes from."""
+        from transformers import AutoModel
+
+        from modelyard.modalities.text.preprocess import PretrainedError, resolve_pretrained
+
+        try:
+            encoder = AutoModel.from_pretrained(resolve_pretrained(self.tokenizer))
+        except OSError as exc:
+            raise PretrainedError(f"cannot load {self.tokenizer!r}'s embeddings: {exc}") from None
+        return encoder.get_input_embeddings().weight.detach().clone()
 
 
 class RNNClassifier(nn.Module):
