@@ -296,6 +296,34 @@ def _space_option(value: str | None) -> dict[str, Any] | None:
     return parsed
 
 
+export_app = typer.Typer(no_args_is_help=True, help="Export a registered version for another server.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("torchserve")
+def export_torchserve(
+    task: Annotated[str, typer.Argument(help="The registered model name (its champion unless --version).")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    version: Annotated[str | None, typer.Option(help="This version instead of the champion.")] = None,
+    out: Annotated[Path, typer.Option(help="Where the .mar goes (TorchServe's model store).")] = Path(
+        "artifacts/torchserve"),
+) -> None:
+    """A TorchServe archive (.mar) of a registered version, built with torch-model-archiver: weights, model.json,
+    modelyard's code and a handler that decodes and predicts as Ray Serve's endpoint does."""
+    from modelyard.inference.torchserve import export_archive
+
+    cfg = _config(params, set_)
+    try:
+        archive = export_archive(cfg.registry.resolved_tracking_uri(), task, out, version=version,
+                                 alias=cfg.registry.champion_alias)
+    except LookupError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"{archive}\nserve it: torchserve --start --ncs --model-store {out} --models {task}={archive.name}\n"
+               f"then:     curl -H \"Authorization: Bearer <inference key from key_file.json>\" "
+               f"http://127.0.0.1:8080/predictions/{task} -T <image file>")
+
+
 @app.command("predict-batch")
 def predict_batch(
     task: Annotated[str, typer.Argument(help="The registered model name whose champion predicts.")],

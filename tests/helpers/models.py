@@ -56,3 +56,21 @@ def register(uri: str, name: str, model_dir: Path, dataset_dir: Path, test_hash:
         score_champion=lambda d: score_model_dir(d, dataset_dir)["accuracy"])
     tracking.end_run(uri, run_id)
     return decision
+
+
+def register_text_lstm(uri: str, name: str, rt_polarity_dir: Path, tmp: Path, *, onnx: bool = False):
+    """A small BiLSTM over RT polarity's tokenizer ids (seeded initial weights: its answers are fixed, not good),
+    registered as `name`'s champion (with its ONNX export when `onnx`); returns its model directory."""
+    from modelyard.data.datasets import get_dataset
+    from modelyard.modalities import get_modality
+    from modelyard.models import family_config
+
+    family = family_config({"name": "lstm", "hidden": 32, "embedding_dim": 32})
+    pre = get_modality("text").fit_preprocessor(family.preprocessing(), {}, get_dataset("rt_polarity").schema)
+    spec = ModelSpec(family=family.name, args=family.builder_args(pre.model_input(), 2),
+                     labels=["negative", "positive"], preprocessing=pre.to_dict())
+    torch.manual_seed(0)
+    text_dir = save_model_dir(spec.build().eval(), spec, tmp / "lstm")
+    sentences = load_split(rt_polarity_dir, "test").texts
+    assert register(uri, name, text_dir, rt_polarity_dir, "hash-T", sentences[:2], onnx=onnx).promoted
+    return text_dir

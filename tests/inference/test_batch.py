@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from helpers.config import REPO, small_config
-from helpers.models import make_model, register
+from helpers.models import make_model, register, register_text_lstm
 from helpers.serving import png
 from modelyard.data.dataset import load_split
 from modelyard.inference import Predictor
@@ -31,12 +31,7 @@ def registry(small_dataset_dir, rt_polarity_dir, class_names, test_sample, tmp_p
     """(tracking uri, image model dir, text model dir): an MLP on Fashion-MNIST and an LSTM on RT polarity, each
     the champion of its task with its ONNX export at parity."""
     import ray
-    import torch
 
-    from modelyard.artifact import ModelSpec, save_model_dir
-    from modelyard.data.datasets import get_dataset
-    from modelyard.modalities import get_modality
-    from modelyard.models import family_config
     from modelyard.runtime import connect_ray
 
     tmp = tmp_path_factory.mktemp("batch")
@@ -44,14 +39,7 @@ def registry(small_dataset_dir, rt_polarity_dir, class_names, test_sample, tmp_p
     image_dir = make_model(tmp, "mlp", small_dataset_dir, class_names, train_epochs=1)
     assert register(uri, IMAGES_TASK, image_dir, small_dataset_dir, "hash-I", test_sample.images[:128],
                     onnx=True).promoted
-    family = family_config({"name": "lstm", "hidden": 32, "embedding_dim": 32})
-    pre = get_modality("text").fit_preprocessor(family.preprocessing(), {}, get_dataset("rt_polarity").schema)
-    spec = ModelSpec(family=family.name, args=family.builder_args(pre.model_input(), 2),
-                     labels=["negative", "positive"], preprocessing=pre.to_dict())
-    torch.manual_seed(0)
-    text_dir = save_model_dir(spec.build().eval(), spec, tmp / "lstm")
-    sentences = load_split(rt_polarity_dir, "test").texts
-    assert register(uri, TEXT_TASK, text_dir, rt_polarity_dir, "hash-T", sentences[:2], onnx=True).promoted
+    text_dir = register_text_lstm(uri, TEXT_TASK, rt_polarity_dir, tmp, onnx=True)
     connect_ray(None)  # one local Ray for the module; predict_batch joins it
     try:
         yield uri, image_dir, text_dir
