@@ -191,7 +191,7 @@ def test_exp_run_of_another_tasks_recipe_trains_it_apart(clone, flow_run, rt_pol
     task = repo / "artifacts/rt_polarity/lstm"
     registration = json.loads((task / "register/registration.json").read_text())
     assert registration["name"] == "rt-polarity-lstm" and registration["alias"] == "champion"
-    assert len(json.loads((task / "train/history.json").read_text())) == 4  # the -S edit won over the recipe's 8
+    assert len(json.loads((task / "train/history.json").read_text())) == 4  # the -S edit won over the recipe's 3
     prepared = json.loads((task / "prepared/prepared.json").read_text())
     assert prepared["policy"] == {"token_delete_prob": 0.1, "token_swap_prob": 0.0}
     model = json.loads((task / "train/model/model.json").read_text())

@@ -91,7 +91,7 @@ def test_the_sections_prefect_hands_the_flow_go_through_the_same_way():
     params = training_pipeline.validate_parameters({"recipe": "rt-lstm", **prefilled})
     sections = {name: params[name] for name in FORM_SECTIONS}
     cfg = config_from_form(PARAMS, params["recipe"], sections)
-    assert (cfg.data.dataset, cfg.model.name, cfg.train.epochs) == ("rt_polarity", "lstm", 8)
+    assert (cfg.data.dataset, cfg.model.name, cfg.train.epochs) == ("rt_polarity", "lstm", 3)
     sections["train"] = sections["train"].model_copy(update={"epochs": 2})
     assert config_from_form(PARAMS, "rt-lstm", sections).train.epochs == 2
 

@@ -86,12 +86,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model": {"name": "bert", "pretrained": "all-MiniLM-L6-v2", "max_length": 64},
         "train": _FINE_TUNE | {"epochs": 3, "batch_size": 32, "learning_rate": 1e-4},
     },
+    # The settings of the search that lifted it from 76.04% to 81.63% (README: Hyper-parameter search), rounded:
+    # a GRU whose embedding starts from the tokenizer's own model's token embeddings.
     "rt-lstm": {
-        "description": "Rotten Tomatoes polarity, bidirectional LSTM from scratch over the same tokenizer's ids: "
-                       "the baseline",
+        "description": "Rotten Tomatoes polarity, a bidirectional GRU over the same tokenizer's ids, its embedding "
+                       "started from all-MiniLM-L6-v2's token embeddings: the baseline",
         "data": {"dataset": "rt_polarity"},
-        "model": {"name": "lstm", "max_length": 64, "embedding_dim": 128, "hidden": 128},
-        "train": _FINE_TUNE | {"epochs": 8, "batch_size": 64, "learning_rate": 2e-3, "weight_decay": 1e-4},
+        "model": {"name": "lstm", "max_length": 64, "cell": "gru", "embedding_init": "pretrained", "hidden": 64,
+                  "dropout": 0.341},
+        "prepare": {"augment": {"token_delete_prob": 0.0472}},
+        "train": _FINE_TUNE | {"epochs": 3, "batch_size": 64, "learning_rate": 7.31e-4, "weight_decay": 7.88e-3},
         # The family's space, plus the cell, the embedding's start (from scratch, or the tokenizer's own model's
         # token embeddings) and token dropping.
         "search": {

@@ -81,9 +81,7 @@ class Service:
             if len(body) > MAX_BODY_BYTES:
                 raise InvalidInputError("body_too_large", f"the body has {len(body):,} bytes; at most "
                                                           f"{MAX_BODY_BYTES:,}")
-            if self.codec.record_field == "image":
-                return [self.codec.decode_record(bytes(body))], False
-            return self.codec.decode(bytes(body), "application/json")
+            return self.codec.decode_raw(bytes(body))
         except InvalidInputError as exc:
             from ts.utils.util import PredictionException
 

@@ -149,6 +149,12 @@ class Codec(ABC):
         same checks as a request's body."""
         return self.preprocessor.check_batch([value])[0]
 
+    def decode_raw(self, body: bytes) -> tuple[list[Any], bool]:
+        """A body that is the input itself, with no content type to go by (TorchServe's requests): what `decode`
+        makes of it as this codec's own content type; a codec whose HTTP body wraps its input (a form) says
+        otherwise."""
+        return self.decode(body, self.content_type)
+
     @abstractmethod
     def collate(self, items: list[Any]) -> Any:
         """Inputs from concurrent requests as one batch for the Predictor."""

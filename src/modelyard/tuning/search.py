@@ -90,8 +90,10 @@ def run_search(cfg: PipelineConfig, space: dict[str, Any], settings: SearchConfi
                  "\n  ".join(describe(space)))
         tuner, runs = _tune.build_tuner(
             cfg, space, settings, resources, concurrency, out_dir / "ray", tracking_uri, parent,
-            trial_kwargs={"base": cfg.model_dump_json(by_alias=True), "dataset_dir": str(dataset_dir),
-                          "prepared_dir": str(prepared_dir), "engine": engine, "threads": settings.cpus_per_trial})
+            # Absolute: a trial runs in its own directory (Tune's), not this process's.
+            trial_kwargs={"base": cfg.model_dump_json(by_alias=True), "dataset_dir": str(Path(dataset_dir).resolve()),
+                          "prepared_dir": str(Path(prepared_dir).resolve()), "engine": engine,
+                          "threads": settings.cpus_per_trial})
         start = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - start

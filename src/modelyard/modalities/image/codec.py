@@ -36,6 +36,10 @@ class ImageCodec(Codec):
                                                        f"{self.limits.max_body_bytes:,}")
         return self.preprocessor.check_batch(self.preprocessor.decode(data))[0]
 
+    def decode_raw(self, body: bytes) -> tuple[list[Any], bool]:
+        """The file's bytes themselves (`curl -T photo.png`), not a form."""
+        return [self.decode_record(body)], False
+
     def collate(self, items: list[np.ndarray]) -> np.ndarray:
         return np.stack(items)
 
