@@ -169,9 +169,14 @@ def test_the_search_deployment_is_served_with_its_form(stack):
     created.raise_for_status()
     run = wait_for_flow_run(stack, created.json()["id"])
     assert run["state_type"] == "FAILED", run["state_name"]
-    logs = stack.prefect.post(f"{stack.prefect_api}/logs/filter", json={
-        "logs": {"flow_run_id": {"any_": [run["id"]]}}}, timeout=10).json()
-    assert any("train.seed is set by the search itself" in entry["message"] for entry in logs), logs[-3:]
+    deadline = time.monotonic() + 30  # the runner ships a run's log lines in batches, after its state at times
+    while True:
+        logs = stack.prefect.post(f"{stack.prefect_api}/logs/filter", json={
+            "logs": {"flow_run_id": {"any_": [run["id"]]}}}, timeout=10).json()
+        if any("train.seed is set by the search itself" in entry["message"] for entry in logs):
+            break
+        assert time.monotonic() < deadline, [entry["message"][:300] for entry in logs[-3:]]
+        time.sleep(2)
 
 
 def test_the_batch_predict_deployment_writes_a_row_per_file_and_refuses_paths_outside_the_roots(stack, image_bytes):
