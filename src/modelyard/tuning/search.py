@@ -25,6 +25,7 @@ from modelyard.tuning.space import describe
 
 log = logging.getLogger(__name__)
 
+
 def choose_engine(cfg: PipelineConfig, settings: SearchConfig) -> str:
     """local unless asked otherwise or a trial needs several Ray Train workers."""
     if settings.engine != "auto":
@@ -164,11 +165,4 @@ def winner_overrides(result: SearchResult) -> dict[str, Any]:
 
 def save_result(result: SearchResult, path: Path) -> None:
     Path(path).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
-
-
-def search_dir(cfg: PipelineConfig) -> Path:
-    """Where a task's search writes: `<artifacts>/<dataset>/<family>/search/`."""
-    from modelyard.paths import TaskPaths
-
-    return TaskPaths.of(cfg).task_dir / "search"
 
