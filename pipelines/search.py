@@ -59,10 +59,7 @@ def hyperparameter_search(
         validate_task(run.cfg)
         prepare_task(run.cfg)
         result = search_task(run.cfg, search or SearchConfig(), space)
-        summary: dict[str, Any] = {"search": {
-            "parent_run_id": result.parent_run_id, "trials": len(result.trials), "stopped_early": result.stopped_early,
-            "best": {"trial": result.best.trial_id, "val_accuracy": result.best.score, "settings": result.best.sample},
-            "wall_s": result.wall_s, "engine": result.engine, "concurrency": result.concurrency}}
+        summary: dict[str, Any] = {"search": result.summary()}
         if not register_winner:
             return summary
         winner, tags = stages.winner_config(run.cfg, result)

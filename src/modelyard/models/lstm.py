@@ -50,7 +50,7 @@ class LSTMConfig(FamilyConfig):
         if self.embedding_init == "pretrained":
             if "vocab_size" not in model_input:
                 raise ValueError("model.embedding_init=pretrained needs text input (token ids); a series has none")
-            width = self._pretrained_embeddings().shape[1]
+            width = self._pretrained_width()
         return {**steps, "num_classes": num_classes, "cell": self.cell, "embedding_dim": width,
                 "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout}
 
@@ -64,6 +64,17 @@ class LSTMConfig(FamilyConfig):
                              f"{tuple(model.embedding.weight.shape) if model.embedding is not None else None}")
         with torch.no_grad():
             model.embedding.weight.copy_(weights)
+
+    def _pretrained_width(self) -> int:
+        """The width of the tokenizer's model's token embeddings, from its config (no weights loaded)."""
+        from transformers import AutoConfig
+
+        from modelyard.modalities.text.preprocess import PretrainedError, resolve_pretrained
+
+        try:
+            return int(AutoConfig.from_pretrained(resolve_pretrained(self.tokenizer)).hidden_size)
+        except OSError as exc:
+            raise PretrainedError(f"cannot load {self.tokenizer!r}'s config: {exc}") from None
 
     def _pretrained_embeddings(self) -> torch.Tensor:
         """(vocabulary, width) token embeddings of the model the tokenizer comes from."""

@@ -59,6 +59,12 @@ class SearchResult:
     def stopped_early(self) -> int:
         return sum(t.status == "stopped" for t in self.trials)
 
+    def summary(self) -> dict[str, Any]:
+        """What a flow run returns of the search: its MLflow run, counts, the best trial and its settings."""
+        return {"parent_run_id": self.parent_run_id, "trials": len(self.trials), "stopped_early": self.stopped_early,
+                "best": {"trial": self.best.trial_id, "val_accuracy": self.best.score, "settings": self.best.sample},
+                "wall_s": self.wall_s, "engine": self.engine, "concurrency": self.concurrency}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"best": asdict(self.best), "stopped_early": self.stopped_early}
 

@@ -144,9 +144,9 @@ def _score_plot(result: Any, path: Path) -> str | None:
     depth = min(t.epochs_run for t in scored)
     scores = [t.history[depth - 1][METRIC] for t in scored]
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
-    x = [_axis_value(t.sample.get(keys[0]), result.space[keys[0]]) for t in scored]
+    x = [_numeric(t.sample.get(keys[0]), result.space[keys[0]]) for t in scored]
     if len(keys) == 2:
-        y = [_axis_value(t.sample.get(keys[1]), result.space[keys[1]]) for t in scored]
+        y = [_numeric(t.sample.get(keys[1]), result.space[keys[1]]) for t in scored]
         # The colour scale spans the middle of the scores: one diverged trial would flatten the rest into one colour.
         low = float(np.percentile(scores, 10)) if len(scores) >= 5 else min(scores)
         points = ax.scatter(x, y, c=scores, cmap="viridis", s=70, edgecolors="black", vmin=low, vmax=max(scores))
@@ -154,8 +154,8 @@ def _score_plot(result: Any, path: Path) -> str | None:
         ax.set_ylabel(keys[1])
         _scale(ax.set_yscale, result.space[keys[1]], ax.set_yticks, ax.set_yticklabels)
         best = result.best
-        ax.scatter([_axis_value(best.sample.get(keys[0]), result.space[keys[0]])],
-                   [_axis_value(best.sample.get(keys[1]), result.space[keys[1]])], marker="*", s=300, c="red",
+        ax.scatter([_numeric(best.sample.get(keys[0]), result.space[keys[0]])],
+                   [_numeric(best.sample.get(keys[1]), result.space[keys[1]])], marker="*", s=300, c="red",
                    label=f"best ({best.trial_id})")
         ax.legend(loc="best")
     else:
@@ -168,11 +168,6 @@ def _score_plot(result: Any, path: Path) -> str | None:
     fig.savefig(path)
     plt.close(fig)
     return path.name
-
-
-def _axis_value(value: Any, dist: dict[str, Any]) -> float:
-    kind, args = next(iter(dist.items()))
-    return float(args.index(value)) if kind == "choice" else float(value)
 
 
 def _scale(set_scale: Any, dist: dict[str, Any], set_ticks: Any, set_labels: Any) -> None:
