@@ -170,6 +170,20 @@ class TrainConfig(_Section):
     channels_last: bool = Field(True, description="NHWC memory layout for 4-D (image) inputs.")
     compile: bool = Field(False, description="torch.compile the model (worth it on GPUs for long runs; the first "
                                              "steps pay the compilation).")
+    engine: Literal["torch", "lightning"] = Field(
+        "torch",
+        description="torch: modelyard's own loop. lightning: the same model, optimiser, schedule, loss, data and "
+                    "precision, stepped by lightning.Trainer inside the same Ray Train run (RayDDPStrategy); the "
+                    "same checkpoints, metrics and registration.")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="How workers share the model. ddp: a full copy on each, gradients averaged. fsdp: parameters, "
+                    "gradients and optimiser state sharded over the workers (torch: FSDP2's fully_shard; lightning: "
+                    "RayFSDPStrategy); checkpoints hold the consolidated full state dict.")
+    lightning_module: str | None = Field(
+        None,
+        description="Your own LightningModule (\"package.module:Class\", a subclass of "
+                    "modelyard.training.lightning.FamilyModule) for the lightning engine; null: FamilyModule itself.")
     max_failures: int = Field(2, ge=0, description="Worker failures Ray Train recovers from (restart from the "
                                                    "last checkpoint).")
     progress_every_s: float = Field(15.0, gt=0, description="Seconds between progress lines inside an epoch.")
@@ -200,6 +214,13 @@ class TrainConfig(_Section):
                 f"train.batch_size ({self.batch_size}) must be at least train.num_workers ({self.num_workers})")
         if self.mixed_precision == "fp16" and self.use_gpu == "false":
             raise ValueError("train.mixed_precision=fp16 needs GPUs but train.use_gpu is false; use auto, bf16 or none")
+        if self.lightning_module is not None:
+            if self.engine != "lightning":
+                raise ValueError("train.lightning_module is set but train.engine is torch; set train.engine=lightning")
+            module, _, name = self.lightning_module.replace(":", ".").rpartition(".")
+            if not module or not all(part.isidentifier() for part in (*module.split("."), name)):
+                raise ValueError(f"train.lightning_module {self.lightning_module!r} is not a dotted path "
+                                 "like package.module:Class")
         return self
 
 

@@ -1,4 +1,4 @@
-"""Model families trained by the worker code (`worker.run_worker`) in this process, without Ray
+"""Model families trained by the worker code (`engines.run_worker`) in this process, without Ray
 (`modelyard.training.local.train_local`): short runs on a small real subset of Fashion-MNIST, each checking
 what its family promises. The MLP learns; transfer learning in its three ways: a frozen backbone with cached
 features, a frozen backbone under augmentation (no cache: batch-norm must stay in eval mode), fine-tuning at

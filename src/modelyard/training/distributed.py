@@ -2,7 +2,7 @@
 
 `train(...)` is the one function that builds ScalingConfig/RunConfig. It plans the workers from the
 cluster's nodes, prepares the job once (spec, fitted preprocessor, data, initial weights) and puts it in
-Ray's object store, so workers on other nodes need no path; each worker then runs `worker.run_worker`
+Ray's object store, so workers on other nodes need no path; each worker then runs `engines.run_worker`
 through `RaySession`. Rank 0's log lines (progress inside an epoch, each epoch's metrics) come back to this
 process through a queue and are logged here, where the caller's log (a Prefect flow run's) records them.
 """
@@ -28,11 +28,12 @@ from modelyard.config import PipelineConfig
 from modelyard.data.dataset import replace_dir
 from modelyard.models import FamilyConfig
 from modelyard.runtime import connect_ray
+from modelyard.training.engines import run_worker
 from modelyard.training.job import TrainingJob, choose_loading, describe, prepare_job, rows_of
 from modelyard.training.plan import WorkerPlan, plan_workers
 from modelyard.training.precision import resolve_precision
 from modelyard.training.tracking import MetricsSink
-from modelyard.training.worker import CheckpointState, WorkerConfig, WorkerData, run_worker
+from modelyard.training.worker import CheckpointState, LightningSetup, WorkerConfig, WorkerData
 
 log = logging.getLogger(__name__)
 worker_log = logging.getLogger("modelyard.training.worker")
@@ -275,6 +276,18 @@ class RaySession:
                     shutil.copytree(self._events, Path(tmp) / EVENTS)
                 checkpoint = self._train.Checkpoint.from_directory(tmp)
             self._train.report(dict(metrics), checkpoint=checkpoint)
+
+    def lightning_setup(self, strategy: str) -> LightningSetup:
+        from ray.train.lightning import (
+            RayDDPStrategy,
+            RayFSDPStrategy,
+            RayLightningEnvironment,
+            prepare_trainer,
+        )
+
+        chosen = RayFSDPStrategy() if strategy == "fsdp" and self.world > 1 else RayDDPStrategy()
+        return LightningSetup({"accelerator": "auto", "devices": "auto", "strategy": chosen,
+                               "plugins": [RayLightningEnvironment()]}, prepare=prepare_trainer)
 
     def close(self) -> None:
         if self._events is not None:

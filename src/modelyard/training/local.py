@@ -2,7 +2,7 @@
 
     model, spec, history, seconds = train_local(cfg, family, dataset_dir, prepared_dir, device="cuda")
 
-Exactly `worker.run_worker` (same job preparation, batch adapters, loop, checkpoints in memory), so a figure
+Exactly `engines.run_worker` (same job preparation, batch adapters, loop, checkpoints in memory), so a figure
 measured here is the pipeline's training minus Ray's fixed start-up cost.
 """
 
@@ -16,8 +16,9 @@ import torch
 from modelyard.artifact import ModelSpec
 from modelyard.config import PipelineConfig
 from modelyard.models import FamilyConfig
+from modelyard.training.engines import run_worker
 from modelyard.training.job import prepare_job
-from modelyard.training.worker import CheckpointState, LocalSession, WorkerConfig, WorkerData, run_worker
+from modelyard.training.worker import CheckpointState, LocalSession, WorkerConfig, WorkerData
 
 
 def train_local(cfg: PipelineConfig, family: FamilyConfig, dataset_dir: str | os.PathLike[str],

@@ -1,6 +1,6 @@
 """One training worker: the same code for every model family and modality, in a Ray Train worker or alone.
 
-`run_worker(config, session)` takes a typed `WorkerConfig` (built by the driver) and a *session*: Ray
+`engines.run_worker(config, session)` takes a typed `WorkerConfig` (built by the driver) and a *session*: Ray
 Train's view of the worker (`modelyard.training.distributed`) or `LocalSession` (one process, no Ray). The
 data sit on the worker's device; each worker takes its shard of a permutation shared by all (same seed),
 gradients are averaged by DDP (gloo on CPU, NCCL on GPU). Every epoch ends with a checkpoint, so a run that
@@ -24,7 +24,7 @@ from modelyard.artifact import ModelSpec
 from modelyard.config import TrainConfig
 from modelyard.modalities import Policy
 from modelyard.models import FamilyConfig
-from modelyard.training import loop
+from modelyard.training import loop, sharding
 from modelyard.training.precision import Precision, resolve_precision
 from modelyard.training.tracking import MetricsSink, Rank0Tracker
 
@@ -83,6 +83,21 @@ class Session(Protocol):
     def log(self, message: str) -> None:
         """A line for the run's log (progress inside an epoch, the epoch's metrics)."""
 
+    def lightning_setup(self, strategy: str) -> LightningSetup:
+        """How the lightning engine's Trainer runs in this session, for `train.strategy`."""
+
+
+@dataclass(frozen=True)
+class LightningSetup:
+    """`lightning.Trainer` keyword arguments for a session (strategy, plugins, devices), and what to apply to the
+    Trainer once built (Ray's `prepare_trainer`)."""
+
+    kwargs: dict[str, Any]
+    prepare: Any = None  # Callable[[Trainer], Trainer] | None
+
+    def apply(self, trainer: Any) -> Any:
+        return trainer if self.prepare is None else self.prepare(trainer)
+
 
 class LocalSession:
     """One process, no Ray: the same worker code for benchmarks, device checks and quick runs. Keeps the last
@@ -116,6 +131,11 @@ class LocalSession:
 
     def log(self, message: str) -> None:
         log.info("%s", message)
+
+    def lightning_setup(self, strategy: str) -> LightningSetup:
+        if self.device.type == "cuda":
+            return LightningSetup({"accelerator": "gpu", "devices": [self.device.index or 0]})
+        return LightningSetup({"accelerator": "cpu", "devices": 1})
 
 
 @dataclass
@@ -207,11 +227,6 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
-def run_worker(config: WorkerConfig, session: Session) -> None:
-    """One worker's training (see the module doc)."""
-    WorkerRun(config, session).run()
-
-
 class WorkerRun:
     """The state of one worker's run, built up stage by stage."""
 
@@ -222,6 +237,9 @@ class WorkerRun:
         self.local_batch = max(1, self.tc.batch_size // self.world)
         self.history: list[dict[str, float]] = []
         self.resumed: list[int] = []
+        self.sharded = False  # the torch engine's FSDP: every rank takes part in checkpoints and evaluation
+        self.restored: CheckpointState | None = None  # the checkpoint a resumed run started from
+        self.val_batch = VAL_BATCH
 
     def run(self) -> None:
         self._set_up_device()
@@ -250,6 +268,9 @@ class WorkerRun:
         spec = self.config.spec
         adapter = spec.modality.batch_adapter(spec.preprocessor(), self.config.policy)
         if self.config.streamed_rows is not None:
+            if self.tc.strategy == "fsdp" and self.world > 1:
+                raise ValueError("train.strategy=fsdp needs the data resident on the workers (every worker must run "
+                                 "the same number of validation batches); set data.loading=resident")
             self.batches: Any = loop.StreamingBatches(self.session.dataset_shard("train"),
                                                       self.session.dataset_shard("val"), adapter, self.device,
                                                       seed=self.tc.seed)
@@ -267,6 +288,13 @@ class WorkerRun:
         # Every worker gets an equal share, so all run the same number of steps (DDP needs that).
         self.per_worker = len(self.train_rows) // self.world
         self.val_rows = torch.from_numpy(data.val_rows)[self.rank::self.world].to(self.device)
+        if self.tc.strategy == "fsdp" and self.world > 1:
+            # A sharded forward pass is a collective: every rank runs the same number of validation batches.
+            if len(data.val_rows) < self.world:
+                raise ValueError(f"train.strategy=fsdp needs at least one validation row per worker "
+                                 f"({len(data.val_rows)} rows, {self.world} workers)")
+            most = math.ceil(len(data.val_rows) / self.world)
+            self.val_batch = math.ceil(most / math.ceil(most / VAL_BATCH))
 
     def _build_model(self) -> None:
         model = self.config.spec.build()
@@ -278,6 +306,8 @@ class WorkerRun:
         parts = self.config.family.frozen_parts(model)
         if parts is not None and self.config.policy.is_identity and isinstance(self.batches, loop.ResidentBatches):
             self._cache_features(*parts)
+        if self.tc.strategy == "fsdp" and self.world > 1 and self.tc.engine == "torch":
+            self._shard()
         optimizer = loop.build_optimizer(self.config.family.param_groups(model), self.tc.learning_rate,
                                          self.tc.momentum, self.tc.weight_decay, self.tc.optimizer)
         self.steps = loop.steps_per_epoch(self.per_worker, self.local_batch)
@@ -298,14 +328,28 @@ class WorkerRun:
             self.session.log(f"cached {len(rows)} x {features.shape[1]} backbone features in "
                              f"{time.perf_counter() - t0:.1f} s; only the head trains")
 
+    def _shard(self) -> None:
+        """FSDP2 over the workers (before the optimiser is built: sharding replaces the parameters)."""
+        if self.trained is not self.model:
+            if self.rank == 0:
+                self.session.log("fsdp: only the head trains on cached features, too small to shard; DDP instead")
+            return
+        sharding.shard(self.model)
+        self.sharded = True
+        if self.rank == 0:
+            self.session.log(f"fsdp: parameters, gradients and optimiser state sharded over {self.world} workers")
+
     def _resume(self) -> int:
         """The epoch to start from: 0, or the one after the last checkpoint when resuming after a failure."""
         state = self.session.get_checkpoint_state(self.device)
         if not state:
             return 0
-        checkpoint = CheckpointState(**state)
-        self.model.load_state_dict(checkpoint.model)
-        self.optimizer.load_state_dict(checkpoint.optimizer)
+        checkpoint = self.restored = CheckpointState(**state)
+        if self.sharded:
+            sharding.load_full_state(self.model, self.optimizer, checkpoint.model, checkpoint.optimizer)
+        else:
+            self.model.load_state_dict(checkpoint.model)
+            self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
         self.history = checkpoint.history
         self.marks = StartupMarks(**checkpoint.startup)
@@ -315,7 +359,7 @@ class WorkerRun:
         return checkpoint.epoch + 1
 
     def _start_tracking(self, resumed: bool) -> None:
-        self.step_model = self.session.prepare_model(self.trained)
+        self.step_model = self.trained if self.sharded else self.session.prepare_model(self.trained)
         if self.tc.compile:
             self.step_model = torch.compile(self.step_model)
         events = self.session.events_dir() if self.config.tensorboard and self.rank == 0 else None
@@ -327,31 +371,47 @@ class WorkerRun:
         self.tracker.tags({"train.precision": "fp32" if self.mode == "none" else self.mode,
                            "train.precision_reason": self.why, "train.workers": self.world,
                            "train.threads_per_worker": torch.get_num_threads(), "train.device": self.device.type,
+                           "train.engine": self.tc.engine,
+                           "train.strategy": self._strategy_used(),
                            "train.features_cached": self.trained is not self.model})
 
-    def _run_epoch(self, epoch: int) -> None:
-        t0 = time.perf_counter()
+    def _strategy_used(self) -> str:
+        return "fsdp" if self.sharded else "ddp"
+
+    def _epoch_batches(self, epoch: int) -> Any:
+        """Seed the epoch's draws and return this worker's training batches for it."""
         torch.manual_seed(self.tc.seed * 100_003 + epoch * 1009 + self.rank)  # dropout and other draws
         gen = torch.Generator(device=self.device).manual_seed(self.tc.seed * 1000 + epoch)
         perm = torch.randperm(len(self.train_rows), generator=torch.Generator().manual_seed(self.tc.seed + epoch))
         shard = self.train_rows[perm][self.rank * self.per_worker:(self.rank + 1) * self.per_worker].to(self.device)
-        batches = self.batches.train(shard, self.local_batch, gen)
-        clock = _FirstStepClock(batches) if self.marks.first_step is None else None
-        progress = Progress(self.session, epoch + 1, self.tc.epochs, self.steps, self.tc.progress_every_s) \
+        return self.batches.train(shard, self.local_batch, gen)
+
+    def _progress(self, epoch: int) -> Progress | None:
+        return Progress(self.session, epoch + 1, self.tc.epochs, self.steps, self.tc.progress_every_s) \
             if self.rank == 0 else None
+
+    def _run_epoch(self, epoch: int) -> None:
+        t0 = time.perf_counter()
+        batches = self._epoch_batches(epoch)
+        clock = _FirstStepClock(batches) if self.marks.first_step is None else None
         trained = loop.train_epoch(self.step_model, clock or batches, optimizer=self.optimizer,
                                    scheduler=self.scheduler, precision=self.precision,
                                    label_smoothing=self.tc.label_smoothing, accum_steps=self.tc.grad_accum_steps,
-                                   clip_norm=self.tc.grad_clip_norm, on_batch=progress)
-        train_s = time.perf_counter() - t0
-        validated = loop.evaluate_batches(self.trained, self.batches.eval(self.val_rows, VAL_BATCH), self.precision)
+                                   clip_norm=self.tc.grad_clip_norm, on_batch=self._progress(epoch))
+        if clock is not None:
+            self.marks.first_step = clock.first_step_at
+        self._end_epoch(epoch, trained, t0, time.perf_counter() - t0)
+
+    def _end_epoch(self, epoch: int, trained: dict[str, float], t0: float, train_s: float) -> None:
+        """Validate, all-reduce the epoch's sums, write events, checkpoint and log: the same for both engines."""
+        validated = loop.evaluate_batches(self.trained, self.batches.eval(self.val_rows, self.val_batch),
+                                          self.precision)
         totals = EpochTotals.of(trained, validated).all_reduce(self.device)
         metrics = totals.metrics(epoch + 1, self.optimizer.param_groups[0]["lr"], train_s, time.perf_counter() - t0)
         self.history.append(metrics)
-        if clock is not None:
-            self.marks.first_step = clock.first_step_at
         self.tracker.events(metrics, step=epoch + 1)  # before the checkpoint, which carries the events
-        self.session.report(metrics, asdict(self._checkpoint(epoch)) if self.rank == 0 else None)
+        state = self._checkpoint(epoch) if self.rank == 0 or self.sharded else None  # sharded: a collective
+        self.session.report(metrics, asdict(state) if state is not None and self.rank == 0 else None)
         # Logged once checkpointed: an epoch lost to a failure is re-run, and logged, once.
         self.tracker.log(metrics, step=epoch + 1)
         if self.rank == 0:
@@ -359,9 +419,14 @@ class WorkerRun:
                 f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"))
 
     def _checkpoint(self, epoch: int) -> CheckpointState:
+        if self.sharded:
+            model, optimizer = (sharding.full_model_state(self.model),
+                                sharding.full_optimizer_state(self.model, self.optimizer))
+        else:
+            model = {k: v.cpu() for k, v in self.model.state_dict().items()}
+            optimizer = self.optimizer.state_dict()
         return CheckpointState(
-            model={k: v.cpu() for k, v in self.model.state_dict().items()},
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), epoch=epoch,
+            model=model, optimizer=optimizer, scheduler=self.scheduler.state_dict(), epoch=epoch,
             history=self.history, spec=asdict(self.config.spec),
             precision={"mode": self.mode, "reason": self.why}, features_cached=self.trained is not self.model,
             startup=asdict(self.marks), resumed_after_epochs=self.resumed)

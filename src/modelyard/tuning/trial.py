@@ -43,8 +43,9 @@ def run_trial(sample: dict[str, Any], *, base: str, dataset_dir: str, prepared_d
     if engine == "ray_train":
         _run_ray_train(cfg, family, dataset_dir, prepared_dir)
         return
+    from modelyard.training.engines import run_worker
     from modelyard.training.job import prepare_job
-    from modelyard.training.worker import WorkerConfig, WorkerData, run_worker
+    from modelyard.training.worker import WorkerConfig, WorkerData
 
     torch.set_num_threads(threads)
     job = prepare_job(family, cfg.train, dataset_dir, prepared_dir, augment=cfg.prepare.augment)
