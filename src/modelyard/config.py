@@ -288,7 +288,7 @@ class AppConfig(_Section):
     batch_wait_timeout_s: float | None = Field(None, ge=0)
     autoscaling: AutoscalingConfig | None = None
     canary: CanaryConfig | None = None
-    backend: Literal["torch", "onnxruntime"] | None = None
+    backend: Literal["torch", "onnxruntime", "tensorrt"] | None = None
 
 
 class ServeConfig(_Section):
@@ -315,9 +315,11 @@ class ServeConfig(_Section):
         15.0, ge=0, description="On a cluster, replicas that reserve CPUs check this often whether a node holds two "
                                 "more of them than another (a node joined or came back) and move one over, "
                                 "gracefully; 0 turns it off (see serving/placement.py).")
-    backend: Literal["torch", "onnxruntime"] = Field(
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = Field(
         "onnxruntime", description="onnxruntime: the version's ONNX export runs the forward pass (torch when it has none "
-                             "that passed its parity check; GET /<task>/model says which and why).")
+                             "that passed its parity check; GET /<task>/model says which and why). tensorrt: that "
+                             "export on ONNX Runtime's TensorRT execution provider where onnxruntime-gpu, TensorRT and "
+                             "a GPU are there, else on ONNX Runtime's CPU provider, saying why.")
     autoscaling: AutoscalingConfig | None = None
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
     follow_aliases_s: float = Field(

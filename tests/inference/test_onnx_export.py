@@ -45,6 +45,27 @@ def test_image_export_matches_torch_and_serves_through_onnxruntime(tmp_path, cla
         assert np.abs(a - b).max() < 1e-4 and (a.argmax(1) == b.argmax(1)).all()
 
 
+def test_the_tensorrt_backend_runs_the_export_on_tensorrt_or_says_why_not(tmp_path, class_names, test_sample):
+    import onnxruntime as ort
+
+    model_dir = image_model_dir(tmp_path, class_names)
+    assert Predictor.from_dir(model_dir, backend="tensorrt").backend_note.startswith(
+        "torch, not tensorrt: the model version was registered without an ONNX export")
+    assert export_and_check(model_dir, test_sample.images[:64])["status"] == "ok"
+    trt = Predictor.from_dir(model_dir, backend="tensorrt", threads=1)
+    reference = Predictor.from_dir(model_dir, backend="onnxruntime", threads=1).predict_proba(test_sample.images)
+    got = trt.predict_proba(test_sample.images)
+    if "TensorrtExecutionProvider" in ort.get_available_providers():  # onnxruntime-gpu with TensorRT, a GPU
+        assert trt.backend == "tensorrt" and "parity at registration" in trt.backend_note
+        assert np.abs(got - reference).max() < 1e-2 and (got.argmax(1) == reference.argmax(1)).mean() > 0.99
+    else:
+        assert trt.backend == "onnxruntime"
+        assert trt.backend_note.startswith(f"onnxruntime on the CPU, not tensorrt: TensorRT is unavailable: this "
+                                           f"onnxruntime {ort.__version__} offers ")
+        assert "TensorrtExecutionProvider" not in trt.backend_note.split(" offers ")[1].split(" (")[0]
+        assert np.array_equal(got, reference)  # the same export on the same provider
+
+
 def test_an_export_that_cannot_run_is_reported_not_raised(tmp_path, class_names):
     model_dir = image_model_dir(tmp_path, class_names)
     report = export_and_check(model_dir, np.zeros((2, 5, 5, 1), dtype=np.uint8))  # not what the model takes

@@ -1,8 +1,10 @@
 """Training under faults: a Ray Train worker SIGKILLed in the middle of an epoch.
 
-The same run twice from the same seed, once undisturbed and once with a worker killed half-way through the
-second epoch: the disturbed run resumes from the first epoch's checkpoint, counts no epoch twice (history,
-MLflow, TensorBoard), and lands within 0.5 points of the undisturbed run's test accuracy.
+The same run from the same seed, once undisturbed and then with a worker killed a third of the way through the
+second epoch, under each engine and strategy (torch with DDP, lightning with DDP, torch with FSDP): the
+disturbed run resumes from the first epoch's checkpoint, counts no epoch twice (history, MLflow, TensorBoard),
+and lands within 0.5 points of the undisturbed torch/DDP run's test accuracy (the engines step the same
+numbers; FSDP's reduce-scatter sums in another order).
 """
 
 from __future__ import annotations
@@ -82,14 +84,15 @@ class WorkerKiller(threading.Thread):
             self.error = exc
 
 
-def _run(tmp: Path, dataset_dir: Path, kill_after_s: float | None):
+def _run(tmp: Path, dataset_dir: Path, kill_after_s: float | None, **train_settings: str):
     import ray
 
     from modelyard.runtime import connect_ray
     from modelyard.training.distributed import train
 
     # Small batches, so that an epoch lasts seconds even where bf16 is native: room to land the kill inside one.
-    cfg = small_config(tmp, train={"epochs": EPOCHS, "num_workers": 2, "max_failures": 2, "batch_size": 32})
+    cfg = small_config(tmp, train={"epochs": EPOCHS, "num_workers": 2, "max_failures": 2, "batch_size": 32,
+                                   **train_settings})
     paths = TaskPaths.of(cfg)
     prepared = prepare_splits(dataset_dir, cfg.prepare, paths.prepared_dir)
     uri = cfg.registry.resolved_tracking_uri()
@@ -112,13 +115,21 @@ def _test_accuracy(model_dir: str, dataset_dir: Path) -> float:
     return float((Predictor.from_dir(model_dir).predict_proba(test.images).argmax(1) == test.labels).mean())
 
 
+@pytest.fixture(scope="module")
+def calm(small_dataset_dir, tmp_path_factory):
+    """The undisturbed run (torch engine, DDP)."""
+    _, result, _, _, _ = _run(tmp_path_factory.mktemp("calm"), small_dataset_dir, None)
+    return result
+
+
+@pytest.mark.parametrize("engine, strategy", [("torch", "ddp"), ("lightning", "ddp"), ("torch", "fsdp")])
 def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_and_matches_an_undisturbed_run(
-        small_dataset_dir, tmp_path, record_property):
+        calm, small_dataset_dir, tmp_path, record_property, engine, strategy):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, calm, _, _, _ = _run(tmp_path / "calm", small_dataset_dir, None)
     epoch_s = calm.history[1]["epoch/wall_time_s"]
-    cfg, hit, uri, run_id, killer = _run(tmp_path / "hit", small_dataset_dir, kill_after_s=epoch_s / 3)
+    cfg, hit, uri, run_id, killer = _run(tmp_path / "hit", small_dataset_dir, kill_after_s=epoch_s / 3,
+                                         engine=engine, strategy=strategy)
 
     assert killer.error is None, killer.error
     assert killer.killed_pid and killer.checkpoints_at_kill == 1, "the kill did not land inside the second epoch"
@@ -131,12 +142,14 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_and_matches_an_un
     events = EventAccumulator(str(TaskPaths.of(cfg).train_dir / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("val/accuracy")] == list(range(1, EPOCHS + 1))
-    assert tracking.get_run(uri, run_id)["tags"]["train.resumed_after_epochs"] == "1"
+    tags = tracking.get_run(uri, run_id)["tags"]
+    assert tags["train.resumed_after_epochs"] == "1"
+    assert (tags["train.engine"], tags["train.strategy"]) == (engine, strategy)
 
     calm_acc, hit_acc = _test_accuracy(calm.model_dir, small_dataset_dir), _test_accuracy(hit.model_dir, small_dataset_dir)
     record_property("test_accuracy_undisturbed", calm_acc)
     record_property("test_accuracy_after_kill", hit_acc)
-    print(f"\nworker SIGKILL in epoch 2 of {EPOCHS}: test accuracy {hit_acc:.4f} vs {calm_acc:.4f} undisturbed "
+    print(f"\n{engine}/{strategy}: worker SIGKILL in epoch 2 of {EPOCHS}: test accuracy {hit_acc:.4f} vs {calm_acc:.4f} undisturbed "
           f"({abs(hit_acc - calm_acc) * 100:.2f} points); wall {hit.wall_time_s:.0f} s vs {calm.wall_time_s:.0f} s; "
           f"fit() to first step {calm.startup_s} s")
     assert abs(hit_acc - calm_acc) <= 0.005

@@ -10,14 +10,39 @@ ONNX_FILE = "model.onnx"
 REPORT_FILE = "onnx.json"
 
 
-def session(path: str | Path, threads: int | None = None) -> Any:
+TENSORRT = "TensorrtExecutionProvider"
+# TensorRT first, CUDA for the nodes TensorRT does not take, the CPU for the rest (ONNX Runtime's own order).
+TENSORRT_PROVIDERS = [TENSORRT, "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def session(path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+def tensorrt_session(path: str | Path, threads: int | None = None) -> tuple[Any, str | None]:
+    """A session on ONNX Runtime's TensorRT execution provider, or (a CPU session, why TensorRT is not running).
+    TensorRT needs onnxruntime-gpu built with it, its libraries, and a CUDA GPU; ONNX Runtime drops a provider it
+    cannot start with a warning only, so the providers the session really got are checked."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if TENSORRT not in available:
+        return session(path, threads), (f"TensorRT is unavailable: this onnxruntime {ort.__version__} offers "
+                                        f"{', '.join(available)} (TensorRT needs onnxruntime-gpu with TensorRT "
+                                        "and a CUDA GPU)")
+    try:
+        trt = session(path, threads, TENSORRT_PROVIDERS)
+    except Exception as err:  # noqa: BLE001 (libnvinfer missing, no device: say it, serve on)
+        return session(path, threads), f"TensorRT failed to start: {type(err).__name__}: {err}"
+    if TENSORRT not in trt.get_providers():
+        return session(path, threads), f"TensorRT did not start (the session got {', '.join(trt.get_providers())})"
+    return trt, None
 
 
 def usable(model_dir: str | Path) -> tuple[bool, str]:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from modelyard.artifact import ModelSpec, load_model_dir
-from modelyard.inference.onnx_runtime import ONNX_FILE, session, usable
+from modelyard.inference.onnx_runtime import ONNX_FILE, TENSORRT, session, tensorrt_session, usable
 
 __all__ = ["Prediction", "Predictor"]
 
@@ -39,22 +39,30 @@ class Predictor:
         self.graph = self.preprocessor.graph(self.model).eval()  # raw inputs -> logits, preprocessing inside
         self.device = torch.device(device)
         self._onnx = onnx_session  # an onnxruntime.InferenceSession running the graph instead of torch
-        self.backend = "onnxruntime" if onnx_session is not None else "torch"
+        self.backend = "torch"
+        if onnx_session is not None:
+            self.backend = "tensorrt" if TENSORRT in onnx_session.get_providers() else "onnxruntime"
         self.backend_note = backend_note
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike[str], device: str | torch.device = "cpu", backend: str = "torch",
                  threads: int | None = None) -> Predictor:
         """`backend="onnxruntime"` runs the graph with the model's ONNX export when it passed its parity check at
-        registration; otherwise torch runs it and `backend_note` says why."""
+        registration; otherwise torch runs it and `backend_note` says why. `backend="tensorrt"` runs that export
+        on ONNX Runtime's TensorRT execution provider where it can start, and on ONNX Runtime's CPU provider
+        otherwise (the note says why)."""
         model, spec = load_model_dir(Path(model_dir), device)
-        if backend != "onnxruntime":
+        if backend not in ("onnxruntime", "tensorrt"):
             return cls(model, spec, device)
         ok, note = usable(model_dir)
         if not ok:
-            return cls(model, spec, device, backend_note=f"torch, not onnxruntime: {note}")
-        return cls(model, spec, device, backend_note=note,
-                   onnx_session=session(Path(model_dir) / ONNX_FILE, threads))
+            return cls(model, spec, device, backend_note=f"torch, not {backend}: {note}")
+        if backend == "onnxruntime":
+            return cls(model, spec, device, backend_note=note,
+                       onnx_session=session(Path(model_dir) / ONNX_FILE, threads))
+        onnx, why_not = tensorrt_session(Path(model_dir) / ONNX_FILE, threads)
+        return cls(model, spec, device, onnx_session=onnx,
+                   backend_note=note if why_not is None else f"onnxruntime on the CPU, not tensorrt: {why_not}; {note}")
 
     @property
     def labels(self) -> list[str]:

@@ -71,6 +71,11 @@ def check_devices(cfg: PipelineConfig) -> None:
     has_cuda = torch.cuda.is_available()
     if cfg.train.use_gpu == "true" and not has_cuda:
         raise ValueError("train.use_gpu=true but this machine has no CUDA device; use auto or false")
+    if (cfg.train.engine, cfg.train.strategy) == ("lightning", "fsdp") and cfg.train.num_workers != 1 and (
+            not has_cuda or cfg.train.use_gpu == "false"):
+        from modelyard.training.lightning import LIGHTNING_FSDP_NEEDS_GPUS
+
+        raise ValueError(LIGHTNING_FSDP_NEEDS_GPUS)
     if cfg.train.mixed_precision == "fp16" and not has_cuda:
         raise ValueError("train.mixed_precision=fp16 needs a CUDA device; use auto, bf16 or none on CPU")
     if not has_cuda or cfg.train.use_gpu == "false":

@@ -34,9 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelyard.config import TrainConfig
-from modelyard.training import loop
+from modelyard.training import loop, sharding
 from modelyard.training.worker import Progress, WorkerRun
 
+LIGHTNING_FSDP_NEEDS_GPUS = (
+    "train.strategy=fsdp with train.engine=lightning needs GPU workers: Lightning's FSDPStrategy (Ray's "
+    "RayFSDPStrategy) is FSDP1, which torch 2.14 refuses on CPUs (\"FSDP needs a non-CPU accelerator device\"); on "
+    "CPUs use train.engine=torch (FSDP2's fully_shard shards over gloo) or train.strategy=ddp")
 PRECISION_PLUGINS = {"none": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 OptimizerFactory = Callable[[nn.Module], tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]]
 
@@ -53,13 +57,14 @@ class FamilyModule(pl.LightningModule):
         self._optimizers, self._format = optimizers, format_inputs or (lambda x: x)
         self._sums: torch.Tensor | None = None
 
-    def forward(self, x: Any) -> torch.Tensor:
-        return loop.logits_of(self.model, x)
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.model(*args, **kwargs)
+        return getattr(out, "logits", out)
 
     def step(self, batch: tuple[Any, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) of one batch of the family's inputs and labels."""
         x, y = batch
-        logits = self(self._format(x))
+        logits = loop.logits_of(self, self._format(x))
         return F.cross_entropy(logits, y, label_smoothing=self.settings.label_smoothing), logits
 
     def training_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -123,9 +128,14 @@ class _EpochEnds(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         run = self.run
         optimizer, scheduler = trainer.optimizers[0], trainer.lr_scheduler_configs[0].scheduler
+        if run.sharded_by_lightning:
+            run.shard_root, run.shard_prefix = trainer.strategy.model, "model."
         if run.restored is not None and optimizer is not run.optimizer:
-            # resuming a module's own optimiser (FamilyModule's is the worker's, restored with the weights)
-            optimizer.load_state_dict(run.restored.optimizer)
+            # Resuming an optimiser built by the module (FamilyModule's own is the worker's, restored already).
+            if run.shard_root is not None:
+                sharding.load_full_state(run.shard_root, optimizer, None, run.restored.optimizer)
+            else:
+                optimizer.load_state_dict(run.restored.optimizer)
             scheduler.load_state_dict(run.restored.scheduler)
         run.optimizer, run.scheduler = optimizer, scheduler
 
@@ -151,8 +161,14 @@ class _EpochEnds(pl.Callback):
 class LightningWorkerRun(WorkerRun):
     """`WorkerRun` with the epochs stepped by `lightning.Trainer` (see the module doc)."""
 
+    @property
+    def sharded_by_lightning(self) -> bool:
+        return self.tc.strategy == "fsdp" and self.world > 1
+
     def run(self) -> None:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # "GPU available: False", summaries
+        if self.sharded_by_lightning and self.device.type == "cpu":
+            raise ValueError(LIGHTNING_FSDP_NEEDS_GPUS)
         self._set_up_device()
         self._load_data()
         self.marks.data_ready = time.time()
@@ -168,14 +184,27 @@ class LightningWorkerRun(WorkerRun):
             trainer.fit(module, train_dataloaders=_EpochBatches(self))
         self.tracker.close()
 
+    def _restore(self, checkpoint: Any) -> None:
+        """The weights before `fit`; under FSDP the optimiser is the module's, restored in `on_train_start`."""
+        if not self.sharded_by_lightning:
+            super()._restore(checkpoint)
+            return
+        self.model.load_state_dict(checkpoint.model)
+
+    def _strategy_used(self) -> str:
+        return "fsdp" if self.sharded_by_lightning else "ddp"
+
     def _start_tracking(self, resumed: bool) -> None:
         super()._start_tracking(resumed)
         self.step_model = self.trained  # the strategy wraps it, not `session.prepare_model`
 
     def _module(self) -> FamilyModule:
         cls = load_module_class(self.tc.lightning_module)
-        module = cls(self.trained, self.tc, num_classes=len(self.config.spec.labels),
-                     optimizers=lambda model: (self.optimizer, self.scheduler), format_inputs=self.precision.format)
+        # Lightning's FSDP wraps the module before asking it for optimisers: build them then, over its parameters.
+        optimizers = self.new_optimizers if self.sharded_by_lightning else lambda model: (self.optimizer,
+                                                                                           self.scheduler)
+        module = cls(self.trained, self.tc, num_classes=len(self.config.spec.labels), optimizers=optimizers,
+                     format_inputs=self.precision.format)
         if getattr(module, "model", None) is not self.trained:
             raise ValueError(f"{cls.__name__} must keep the family's model in self.model (what is checkpointed, "
                              "registered and served)")

@@ -237,7 +237,10 @@ class WorkerRun:
         self.local_batch = max(1, self.tc.batch_size // self.world)
         self.history: list[dict[str, float]] = []
         self.resumed: list[int] = []
-        self.sharded = False  # the torch engine's FSDP: every rank takes part in checkpoints and evaluation
+        # Under FSDP, the sharded module whose state dicts are gathered (every rank takes part in checkpoints and
+        # evaluation), and the prefix its parameter names carry ahead of the family model's own.
+        self.shard_root: torch.nn.Module | None = None
+        self.shard_prefix = ""
         self.restored: CheckpointState | None = None  # the checkpoint a resumed run started from
         self.val_batch = VAL_BATCH
 
@@ -300,22 +303,29 @@ class WorkerRun:
         model = self.config.spec.build()
         model.load_state_dict(self.session.get(self.config.init_state))
         model = model.to(self.device)
-        if self.tc.channels_last:
+        if self.tc.channels_last and not self._fsdp_shards():  # FSDP2 shards contiguous parameters only
             model = model.to(memory_format=torch.channels_last)
         self.model = self.trained = model  # `trained`: what the optimiser updates
         parts = self.config.family.frozen_parts(model)
         if parts is not None and self.config.policy.is_identity and isinstance(self.batches, loop.ResidentBatches):
             self._cache_features(*parts)
-        if self.tc.strategy == "fsdp" and self.world > 1 and self.tc.engine == "torch":
+        if self._fsdp_shards():
             self._shard()
+        self.steps = loop.steps_per_epoch(self.per_worker, self.local_batch)
+        self.optimizer, self.scheduler = self.new_optimizers(model)
+
+    def _fsdp_shards(self) -> bool:
+        """This engine shards the model with FSDP2 here (the lightning engine leaves FSDP to its strategy)."""
+        return self.tc.strategy == "fsdp" and self.world > 1 and self.tc.engine == "torch"
+
+    def new_optimizers(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        """The recipe's optimiser over the family's parameter groups of `model`, and its per-step schedule."""
         optimizer = loop.build_optimizer(self.config.family.param_groups(model), self.tc.learning_rate,
                                          self.tc.momentum, self.tc.weight_decay, self.tc.optimizer)
-        self.steps = loop.steps_per_epoch(self.per_worker, self.local_batch)
         updates = max(1, math.ceil(self.steps / self.tc.grad_accum_steps))
-        self.optimizer = optimizer
-        self.scheduler = loop.build_scheduler(optimizer, total_steps=updates * self.tc.epochs,
-                                              warmup_steps=int(round(updates * self.tc.warmup_epochs)),
-                                              schedule=self.tc.schedule)
+        return optimizer, loop.build_scheduler(optimizer, total_steps=updates * self.tc.epochs,
+                                               warmup_steps=int(round(updates * self.tc.warmup_epochs)),
+                                               schedule=self.tc.schedule)
 
     def _cache_features(self, backbone: torch.nn.Module, head: torch.nn.Module) -> None:
         """A frozen backbone over unaugmented inputs gives the same features every epoch: compute them once,
@@ -334,8 +344,7 @@ class WorkerRun:
             if self.rank == 0:
                 self.session.log("fsdp: only the head trains on cached features, too small to shard; DDP instead")
             return
-        sharding.shard(self.model)
-        self.sharded = True
+        self.shard_root = sharding.shard(self.model)
         if self.rank == 0:
             self.session.log(f"fsdp: parameters, gradients and optimiser state sharded over {self.world} workers")
 
@@ -345,12 +354,7 @@ class WorkerRun:
         if not state:
             return 0
         checkpoint = self.restored = CheckpointState(**state)
-        if self.sharded:
-            sharding.load_full_state(self.model, self.optimizer, checkpoint.model, checkpoint.optimizer)
-        else:
-            self.model.load_state_dict(checkpoint.model)
-            self.optimizer.load_state_dict(checkpoint.optimizer)
-        self.scheduler.load_state_dict(checkpoint.scheduler)
+        self._restore(checkpoint)
         self.history = checkpoint.history
         self.marks = StartupMarks(**checkpoint.startup)
         self.resumed = [*checkpoint.resumed_after_epochs, checkpoint.epoch + 1]
@@ -358,8 +362,16 @@ class WorkerRun:
             self.session.log(f"resumed from the checkpoint of epoch {checkpoint.epoch + 1} after a worker failure")
         return checkpoint.epoch + 1
 
+    def _restore(self, checkpoint: CheckpointState) -> None:
+        if self.shard_root is not None:
+            sharding.load_full_state(self.shard_root, self.optimizer, checkpoint.model, checkpoint.optimizer)
+        else:
+            self.model.load_state_dict(checkpoint.model)
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.scheduler.load_state_dict(checkpoint.scheduler)
+
     def _start_tracking(self, resumed: bool) -> None:
-        self.step_model = self.trained if self.sharded else self.session.prepare_model(self.trained)
+        self.step_model = self.trained if self.shard_root is not None else self.session.prepare_model(self.trained)
         if self.tc.compile:
             self.step_model = torch.compile(self.step_model)
         events = self.session.events_dir() if self.config.tensorboard and self.rank == 0 else None
@@ -376,7 +388,7 @@ class WorkerRun:
                            "train.features_cached": self.trained is not self.model})
 
     def _strategy_used(self) -> str:
-        return "fsdp" if self.sharded else "ddp"
+        return "fsdp" if self.shard_root is not None else "ddp"
 
     def _epoch_batches(self, epoch: int) -> Any:
         """Seed the epoch's draws and return this worker's training batches for it."""
@@ -404,13 +416,14 @@ class WorkerRun:
 
     def _end_epoch(self, epoch: int, trained: dict[str, float], t0: float, train_s: float) -> None:
         """Validate, all-reduce the epoch's sums, write events, checkpoint and log: the same for both engines."""
-        validated = loop.evaluate_batches(self.trained, self.batches.eval(self.val_rows, self.val_batch),
-                                          self.precision)
+        validated = loop.evaluate_batches(self.shard_root or self.trained,
+                                          self.batches.eval(self.val_rows, self.val_batch), self.precision)
         totals = EpochTotals.of(trained, validated).all_reduce(self.device)
         metrics = totals.metrics(epoch + 1, self.optimizer.param_groups[0]["lr"], train_s, time.perf_counter() - t0)
         self.history.append(metrics)
         self.tracker.events(metrics, step=epoch + 1)  # before the checkpoint, which carries the events
-        state = self._checkpoint(epoch) if self.rank == 0 or self.sharded else None  # sharded: a collective
+        sharded = self.shard_root is not None
+        state = self._checkpoint(epoch) if self.rank == 0 or sharded else None  # sharded: a collective
         self.session.report(metrics, asdict(state) if state is not None and self.rank == 0 else None)
         # Logged once checkpointed: an epoch lost to a failure is re-run, and logged, once.
         self.tracker.log(metrics, step=epoch + 1)
@@ -419,9 +432,10 @@ class WorkerRun:
                 f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"))
 
     def _checkpoint(self, epoch: int) -> CheckpointState:
-        if self.sharded:
-            model, optimizer = (sharding.full_model_state(self.model),
-                                sharding.full_optimizer_state(self.model, self.optimizer))
+        if self.shard_root is not None:
+            full = sharding.full_model_state(self.shard_root)
+            model = {k.removeprefix(self.shard_prefix): v for k, v in full.items()}
+            optimizer = sharding.full_optimizer_state(self.shard_root, self.optimizer)
         else:
             model = {k: v.cpu() for k, v in self.model.state_dict().items()}
             optimizer = self.optimizer.state_dict()
