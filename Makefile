@@ -103,6 +103,7 @@ bench: setup  ## benchmarks (print ratios against a baseline measured in the sam
 	$(BIN)/python -m bench.batch_predict
 	$(BIN)/python -m bench.search_engines
 	$(BIN)/python -m bench.engines
+	$(BIN)/python -m bench.engines --recipe fashion-mlp
 
 clean: down  ## remove run state and pipeline outputs (keeps .venv, data/raw and the MLflow store)
 	rm -rf .run artifacts
