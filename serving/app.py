@@ -17,6 +17,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from serving import placement, protocol
 from serving.openapi import AUTH_ERROR, PREDICT_ERRORS, document
 from serving.settings import AppSettings
 from serving.traffic import TrafficCounter, TrafficStats
+from serving.traffic_log import TrafficLog
 
 log = logging.getLogger("modelyard.serving")
 
@@ -87,6 +89,8 @@ class ModelServer:
         self._traffic = TrafficCounter()
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._placement = placement.PlacementCheck(settings.serve.rebalance_every_s, settings.serve.replica_cpus)
+        self._log = TrafficLog(settings.traffic_dir, settings.model_name, self._replica_id,
+                               settings.serve.traffic_log.sample) if settings.traffic_dir else None
         self._stats = TrafficStats.options(
             name=f"modelyard-traffic-{settings.model_name}", namespace="modelyard", get_if_exists=True,
             lifetime="detached").remote()
@@ -138,9 +142,12 @@ class ModelServer:
     def _follow(self) -> None:
         """Each second hand the traffic counts over; every follow_aliases_s load what the aliases now name."""
         s, every = self.settings, self.settings.serve.follow_aliases_s
-        last_check = time.monotonic()
+        last_check = last_log = time.monotonic()
         while not self._stop.wait(1.0):
             self._flush()
+            if self._log is not None and time.monotonic() - last_log >= s.serve.traffic_log.flush_every_s:
+                last_log = time.monotonic()
+                self._log.flush()
             if not every or self.champion is None or time.monotonic() - last_check < every:
                 continue
             last_check = time.monotonic()
@@ -163,6 +170,8 @@ class ModelServer:
 
     def __del__(self) -> None:
         self._stop.set()
+        if self._log is not None:
+            self._log.flush()
 
     # ---- batched forward passes --------------------------------------------------------------------
 
@@ -174,29 +183,43 @@ class ModelServer:
     async def _challenger_batch(self, inputs: list[Any]) -> list[dict[str, Any]]:
         return await self._forward(self.challenger or self.champion, inputs)
 
-    @staticmethod
-    async def _forward(model: Loaded, inputs: list[Any]) -> list[dict[str, Any]]:
-        """Inputs from concurrent requests in one forward pass; each answer names the version that computed it."""
-        predictions = await asyncio.to_thread(model.predictor.predict, model.codec.collate(inputs))
+    async def _forward(self, model: Loaded, inputs: list[Any]) -> list[dict[str, Any]]:
+        """Inputs from concurrent requests in one forward pass; each answer names the version that computed it
+        (and carries its projected embedding, `_embedding`, when the traffic log records it)."""
+        collated = model.codec.collate(inputs)
         meta = {"name": model.info["name"], "version": model.version}
-        return [{**p.to_dict(), "model": meta} for p in predictions]
+        if self._log is None:
+            predictions = await asyncio.to_thread(model.predictor.predict, collated)
+            return [{**p.to_dict(), "model": meta} for p in predictions]
+        predictions, embeddings = await asyncio.to_thread(model.predictor.predict_with_embeddings, collated)
+        return [{**p.to_dict(), "model": meta, "_embedding": embeddings[i].tolist() if embeddings is not None else None}
+                for i, p in enumerate(predictions)]
 
-    async def _answer(self, items: list[Any]) -> list[dict[str, Any]]:
-        """Answers for a request's inputs. A canary share of requests is answered by both versions: the
-        challenger's answer is returned (split) or only compared (mirror)."""
+    async def _answer(self, items: list[Any], request_id: str) -> list[dict[str, Any]]:
+        """Answers for a request's inputs, recorded in the traffic log. A canary share of requests is answered
+        by both versions: the challenger's answer is returned (split) or only compared (mirror)."""
         challenger, canary = self.challenger, self.settings.serve.canary
         start = time.perf_counter()
         if challenger is None or random.random() >= canary.share or not _readable(challenger, items):
-            answers = await asyncio.gather(*(self._champion_batch(x) for x in items))
-            self._traffic.count(answers[0]["model"]["version"], (time.perf_counter() - start) * 1e3)
-            return list(answers)
+            answers = list(await asyncio.gather(*(self._champion_batch(x) for x in items)))
+            latency = (time.perf_counter() - start) * 1e3
+            self._traffic.count(answers[0]["model"]["version"], latency)
+            return self._recorded(answers, request_id, latency)
         (mine, t_mine), (theirs, t_theirs) = await asyncio.gather(
             _timed(asyncio.gather(*(self._champion_batch(x) for x in items))),
             _timed(asyncio.gather(*(self._challenger_batch(x) for x in items))))
         self._traffic.count(mine[0]["model"]["version"], t_mine)
         self._traffic.count(theirs[0]["model"]["version"], t_theirs,
                             agreed=all(a["index"] == b["index"] for a, b in zip(mine, theirs)))
-        return list(theirs) if canary.mode == "split" else list(mine)
+        answered, latency = (list(theirs), t_theirs) if canary.mode == "split" else (list(mine), t_mine)
+        return self._recorded(answered, request_id, latency)
+
+    def _recorded(self, answers: list[dict[str, Any]], request_id: str, latency_ms: float) -> list[dict[str, Any]]:
+        """`answers` without their embeddings, which go to the traffic log (when this request is sampled)."""
+        embeddings = [a.pop("_embedding", None) for a in answers]
+        if self._log is not None and self._log.wants():
+            self._log.add(answers, embeddings, request_id, latency_ms)
+        return answers
 
     # ---- routes --------------------------------------------------------------------------------------
 
@@ -236,7 +259,11 @@ class ModelServer:
             if isinstance(body, JSONResponse):
                 return body
             items, many = codec.decode(body, content_type)
-            return protocol.answer(await self._answer(items), many)
+            # Serve's ingress (its proxy, or HAProxy) keeps a caller's X-Request-ID or makes one, and returns it.
+            request_id = request.headers.get("x-request-id")
+            headers = {} if request_id else {"X-Request-ID": (request_id := uuid.uuid4().hex)}
+            answered = await self._answer(items, request_id)
+            return JSONResponse(protocol.answer(answered, many), headers=headers)
         except InvalidInputError as exc:
             return protocol.error(exc.code, exc.message, codec.statuses)
 

@@ -125,7 +125,8 @@ def task_application(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, model
         challenger = found.version if found else None
     settings = AppSettings(model_name=model_name, tracking_uri=tracking_uri, serve=cfg, registry=registry_cfg,
                            threads=cfg.replica_threads or max(1, (os.cpu_count() or 1) // replicas),
-                           auth_token=_token(cfg))
+                           auth_token=_token(cfg),
+                           traffic_dir=str(Path(cfg.traffic_log.dir).resolve()) if cfg.traffic_log.enabled else None)
     return build_app(settings, version, challenger=challenger)
 
 

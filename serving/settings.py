@@ -16,3 +16,4 @@ class AppSettings:
     registry: RegistryConfig
     threads: int  # torch (or ONNX Runtime) threads in each replica
     auth_token: str | None  # when set, every route but /health wants `Authorization: Bearer <token>`
+    traffic_dir: str | None = None  # where answered requests are recorded (absolute); None: not recorded

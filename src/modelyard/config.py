@@ -291,6 +291,16 @@ class AppConfig(_Section):
     backend: Literal["torch", "onnxruntime", "tensorrt"] | None = None
 
 
+class TrafficLogConfig(_Section):
+    """What each serving replica records of the requests it answers (modelyard.monitoring.profile)."""
+
+    enabled: bool = Field(True, description="Record answered requests in Parquet batches.")
+    sample: float = Field(1.0, ge=0, le=1, description="The share of requests recorded (all of them at this scale).")
+    dir: str = Field("artifacts/traffic", description="Where the batches go (relative to where `deploy` runs); on a "
+                                                      "cluster a directory every node can write to.")
+    flush_every_s: float = Field(5.0, gt=0, description="Seconds between a replica's batches.")
+
+
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -329,6 +339,7 @@ class ServeConfig(_Section):
         "MODELYARD_SERVE_TOKEN", description="When this environment variable is set where `deploy` runs, every "
                                              "route but /health wants `Authorization: Bearer <its value>`.")
     access_log: bool = Field(False, description="One log line per request in every replica (costs CPU).")
+    traffic_log: TrafficLogConfig = Field(default_factory=TrafficLogConfig)
     apps: dict[str, AppConfig] = Field(default_factory=dict, description="Overrides per registered model name.")
 
     @field_validator("route_prefix")

@@ -34,9 +34,10 @@ def make_model(tmp_path: Path, name: str, dataset_dir: Path, class_names: list[s
     return save_model_dir(model.eval(), spec, tmp_path / name)
 
 
-def register(uri: str, name: str, model_dir: Path, dataset_dir: Path, test_hash: str, sample, *, onnx: bool = False):
-    """Log `model_dir` as a new version of `name` (with its ONNX export and parity check on `sample` when `onnx`)
-    and promote it if it scores at least the champion."""
+def register(uri: str, name: str, model_dir: Path, dataset_dir: Path, test_hash: str, sample, *, onnx: bool = False,
+             reference=None):
+    """Log `model_dir` as a new version of `name` (with its ONNX export and parity check on `sample` when `onnx`,
+    its reference profile on `reference` inputs when given) and promote it if it scores at least the champion."""
     import shutil
     import tempfile
 
@@ -46,9 +47,13 @@ def register(uri: str, name: str, model_dir: Path, dataset_dir: Path, test_hash:
 
     run_id = tracking.start_run(uri, "registry-test", params={"model": model_dir.name})
     with tempfile.TemporaryDirectory() as tmp:
-        logged = Path(shutil.copytree(model_dir, Path(tmp) / "model")) if onnx else model_dir
+        logged = Path(shutil.copytree(model_dir, Path(tmp) / "model")) if onnx or reference is not None else model_dir
         if onnx:
             assert export_and_check(logged, sample)["status"] == "ok"
+        if reference is not None:
+            from modelyard.monitoring.profile import write_reference
+
+            write_reference(logged, reference, name)
         version = versions.log_model(uri, run_id, logged, name, input_example=sample[:2], pip_requirements=["torch"])
     accuracy = score_model_dir(model_dir, dataset_dir)["accuracy"]
     decision = promotion.promote_if_better(

@@ -45,9 +45,14 @@ def export_and_check(model_dir: str | Path, sample: Any, out_dir: str | Path | N
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             # The TorchScript exporter: far quicker than the torch.export one for the same graph and parity,
             # and it runs at every registration.
-            torch.onnx.export(predictor.graph, tuple(feeds.values()), str(out_dir / ONNX_FILE), dynamo=False,
-                              input_names=names, output_names=["logits"],
-                              dynamic_axes={**pre.dynamic_axes, "logits": {0: "batch"}}, opset_version=OPSET)
+            # With the projected penultimate embedding as a second output where the model has a classifier head
+            # (the traffic log and drift read it); the logits stay the first.
+            graph = predictor.embedding_graph or predictor.graph
+            outputs = ["logits", "embedding"] if predictor.embedding_graph is not None else ["logits"]
+            torch.onnx.export(graph, tuple(feeds.values()), str(out_dir / ONNX_FILE), dynamo=False,
+                              input_names=names, output_names=outputs,
+                              dynamic_axes={**pre.dynamic_axes, **{o: {0: "batch"} for o in outputs}},
+                              opset_version=OPSET)
         report["export_s"] = round(time.perf_counter() - start, 3)
         report |= _parity(predictor, feeds, out_dir / ONNX_FILE)
     except Exception as exc:  # any exporter or runtime failure is reported, not raised
@@ -61,7 +66,7 @@ def export_and_check(model_dir: str | Path, sample: Any, out_dir: str | Path | N
 def _parity(predictor: Predictor, feeds: dict[str, torch.Tensor], onnx_path: Path) -> dict[str, Any]:
     with torch.inference_mode():
         expected = predictor.graph(**feeds).float().numpy()
-    got = session(onnx_path).run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+    got = session(onnx_path).run(["logits"], {k: v.numpy() for k, v in feeds.items()})[0]
     diff = float(np.abs(got - expected).max())
     agree = float((got.argmax(1) == expected.argmax(1)).mean())
     out: dict[str, Any] = {"rows": len(expected), "max_abs_logit_diff": diff, "argmax_agreement": agree}

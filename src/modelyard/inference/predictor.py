@@ -12,6 +12,7 @@ import torch
 
 from modelyard.artifact import ModelSpec, load_model_dir
 from modelyard.inference.onnx_runtime import ONNX_FILE, TENSORRT, session, tensorrt_session, usable
+from modelyard.monitoring.embedding import DIM, WithEmbedding, classifier_head
 
 __all__ = ["Prediction", "Predictor"]
 
@@ -37,6 +38,9 @@ class Predictor:
         self.spec = spec
         self.preprocessor = spec.preprocessor()
         self.graph = self.preprocessor.graph(self.model).eval()  # raw inputs -> logits, preprocessing inside
+        head = classifier_head(self.model, len(spec.labels))
+        # raw inputs -> (logits, projected penultimate embedding), for the traffic log and drift
+        self.embedding_graph = WithEmbedding(self.graph, head).eval() if head is not None else None
         self.device = torch.device(device)
         self._onnx = onnx_session  # an onnxruntime.InferenceSession running the graph instead of torch
         self.backend = "torch"
@@ -74,8 +78,37 @@ class Predictor:
     def logits(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         """The graph's logits for one batch of graph inputs (what `preprocessor.feeds` yields)."""
         if self._onnx is not None:
-            return torch.from_numpy(self._onnx.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
+            return torch.from_numpy(self._onnx.run(["logits"], {k: v.numpy() for k, v in feeds.items()})[0])
         return self.graph(**{k: v.to(self.device) for k, v in feeds.items()})
+
+    @property
+    def has_embeddings(self) -> bool:
+        if self._onnx is not None:
+            return any(o.name == "embedding" for o in self._onnx.get_outputs())
+        return self.embedding_graph is not None
+
+    def logits_and_embedding(self, feeds: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`logits`, and the projected penultimate embedding (None where the model or its export has none)."""
+        if not self.has_embeddings:
+            return self.logits(feeds), None
+        if self._onnx is not None:
+            logits, embedding = self._onnx.run(["logits", "embedding"], {k: v.numpy() for k, v in feeds.items()})
+            return torch.from_numpy(logits), torch.from_numpy(embedding)
+        return self.embedding_graph(**{k: v.to(self.device) for k, v in feeds.items()})
+
+    @torch.inference_mode()
+    def predict_with_embeddings(self, inputs: Any, batch_size: int = 256) -> tuple[list[Prediction],
+                                                                                   np.ndarray | None]:
+        """`predict`'s answers and each input's projected embedding ((N, DIM) float32, or None)."""
+        checked = self.check_batch(inputs)
+        probs = np.zeros((len(checked), len(self.labels)), dtype=np.float32)
+        embeddings = np.zeros((len(checked), DIM), dtype=np.float32) if self.has_embeddings else None
+        for rows, feeds in self.preprocessor.feeds(checked, batch_size):
+            logits, embedding = self.logits_and_embedding(feeds)
+            probs[rows] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            if embeddings is not None and embedding is not None:
+                embeddings[rows] = embedding.float().cpu().numpy()
+        return self._predictions(probs, self.preprocessor.annotate(checked)), embeddings
 
     def predict_proba(self, inputs: Any, batch_size: int = 256) -> np.ndarray:
         """Inputs of the model's kind -> class probabilities (N, K), in the inputs' order."""
@@ -90,8 +123,9 @@ class Predictor:
 
     def predict(self, inputs: Any) -> list[Prediction]:
         checked = self.check_batch(inputs)
-        probs = self._proba(checked)
-        notes = self.preprocessor.annotate(checked)
+        return self._predictions(self._proba(checked), self.preprocessor.annotate(checked))
+
+    def _predictions(self, probs: np.ndarray, notes: list[dict[str, Any]]) -> list[Prediction]:
         return [Prediction(self.labels[int(row.argmax())], int(row.argmax()),
                            {label: round(float(p), 6) for label, p in zip(self.labels, row)}, note)
                 for row, note in zip(probs, notes)]

@@ -38,6 +38,9 @@ ONNX_CHECK_ROWS = 128
 SEARCH_TAG_PREFIX = "modelyard.search."  # tags a search's winner carries (modelyard.tuning.search)
 
 
+REFERENCE_ROWS = 2000  # test rows in a version's reference profile
+
+
 def register(cfg: PipelineConfig, paths: TaskPaths) -> dict[str, Any]:
     """Register the trained model of `paths` and promote it if it beats the champion; returns the summary
     (`registration.json`) with the markdown report under `report`."""
@@ -87,13 +90,16 @@ def _log_model(cfg: PipelineConfig, paths: TaskPaths, uri: str, run_id: str) -> 
     spec = read_spec(paths.model_dir)
     test = load_split(paths.dataset_dir, "test")
     with tempfile.TemporaryDirectory(prefix="modelyard-register-") as tmp:
-        model_dir, onnx_tags = paths.model_dir, {}
-        if cfg.registry.export_onnx:  # into a copy: the train stage's output stays as DVC recorded it
+        # Into a copy: the train stage's output stays as DVC recorded it.
+        model_dir, onnx_tags = Path(shutil.copytree(paths.model_dir, Path(tmp) / "model")), {}
+        if cfg.registry.export_onnx:
             from modelyard.inference.onnx_export import export_and_check
 
-            model_dir = Path(shutil.copytree(paths.model_dir, Path(tmp) / "model"))
             report = export_and_check(model_dir, test.take(slice(0, ONNX_CHECK_ROWS)).inputs)
             onnx_tags = {f"onnx.{k}": v for k, v in report.items()}
+        from modelyard.monitoring.profile import write_reference
+
+        write_reference(model_dir, test.take(slice(0, REFERENCE_ROWS)).inputs, cfg.task_name)
         version = log_model(uri, run_id, model_dir, cfg.task_name,
                             input_example=spec.modality.input_example(test, 2),
                             pip_requirements=pip_requirements(spec.modality.runtime_packages

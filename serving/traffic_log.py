@@ -1,0 +1,63 @@
+"""A replica's traffic log: the rows of the requests it answered (modelyard.monitoring.profile), buffered in
+memory and written as one Parquet file per task, version and `flush_every_s` by the replica's background
+thread, never on a request's path. A request that is not sampled costs one random draw."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from modelyard.monitoring import profile
+
+log = logging.getLogger("modelyard.serving")
+
+MAX_BUFFERED = 100_000  # rows held when writing keeps failing (a full disk): the oldest are dropped past it
+
+
+class TrafficLog:
+    def __init__(self, directory: str, task: str, replica: str, sample: float) -> None:
+        self.directory, self.task, self.replica, self.sample = Path(directory), task, replica, sample
+        self._rows: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.written = 0
+
+    def wants(self) -> bool:
+        return self.sample >= 1.0 or random.random() < self.sample
+
+    def add(self, answers: list[dict[str, Any]], embeddings: list[Any], request_id: str, latency_ms: float) -> None:
+        at = time.time()
+        new = [{"time": at, "request_id": request_id, "item": i, "task": self.task,
+                "version": str(a["model"]["version"]), "predicted": a["index"], "label": a["label"],
+                "confidence": max(a["scores"].values()), "scores": list(a["scores"].values()),
+                "latency_ms": latency_ms, "embedding": e if e is not None else []}
+               for i, (a, e) in enumerate(zip(answers, embeddings))]
+        with self._lock:
+            self._rows.extend(new)
+            del self._rows[:-MAX_BUFFERED]
+
+    def flush(self) -> int:
+        """Write what is buffered, one file per version; returns the rows written."""
+        with self._lock:
+            rows, self._rows = self._rows, []
+        if not rows:
+            return 0
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
+        by_version: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_version.setdefault(row["version"], []).append(row)
+        try:
+            for version, part in by_version.items():
+                profile.write(part, self.directory / f"task={self.task}" / f"version={version}"
+                              / f"{self.replica}-{stamp}.parquet")
+        except Exception:  # the log must never take serving down: keep the rows for the next try
+            log.exception("could not write %d traffic rows of %s under %s", len(rows), self.task, self.directory)
+            with self._lock:
+                self._rows[:0] = rows
+                del self._rows[:-MAX_BUFFERED]
+            return 0
+        self.written += len(rows)
+        return len(rows)

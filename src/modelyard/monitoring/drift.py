@@ -1,0 +1,114 @@
+"""Does a window of traffic still look like what a version was evaluated on?
+
+Three two-sample tests between the version's reference profile (its answers on its test split) and the
+window, each on something the model itself produced (drift on raw pixels says little):
+
+- `confidence`: Kolmogorov-Smirnov on the top score; inputs unlike the training data usually move it first.
+- `predicted_class`: chi-squared on the counts of predicted classes (a 2 x classes contingency table).
+- `embedding`: the squared maximum mean discrepancy (RBF kernel, bandwidth by the median heuristic) between
+  projected penultimate embeddings, its p-value from a permutation test. It sees a shift in what the model
+  sees even when the scores have not moved yet.
+
+The window drifts when any test's p-value is below `alpha` divided by the number of tests (Bonferroni), so a
+window of in-distribution traffic is reported as drifted in at most `alpha` of monitor runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DriftTest:
+    name: str
+    statistic: float
+    p_value: float
+    drifted: bool
+    detail: str = ""
+
+
+@dataclass
+class DriftReport:
+    reference_rows: int
+    window_rows: int
+    alpha: float
+    tests: list[DriftTest] = field(default_factory=list)
+
+    @property
+    def drifted(self) -> bool:
+        return any(t.drifted for t in self.tests)
+
+    @property
+    def score(self) -> float:
+        """The smallest p-value (1.0 with no tests): lower is more drift."""
+        return min((t.p_value for t in self.tests), default=1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "drifted": self.drifted, "score": self.score}
+
+
+def _mmd2(kernel: np.ndarray, n: int) -> float:
+    """The biased squared MMD between the first `n` rows and the rest, from their pooled kernel matrix."""
+    return float(kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean())
+
+
+def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int, rng: np.random.Generator) -> tuple[float, float]:
+    """(MMD², permutation p-value) of `x` against `y`."""
+    both = np.concatenate([x, y]).astype(np.float64)
+    sq = np.sum(both ** 2, axis=1)
+    distances = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * both @ both.T, 0))
+    positive = distances[distances > 0]
+    bandwidth = float(np.median(positive)) if len(positive) else 1.0
+    kernel = np.exp(-distances ** 2 / (2 * bandwidth ** 2))
+    observed = _mmd2(kernel, len(x))
+    exceed = 0
+    for _ in range(permutations):
+        order = rng.permutation(len(both))
+        exceed += _mmd2(kernel[np.ix_(order, order)], len(x)) >= observed
+    return observed, (exceed + 1) / (permutations + 1)
+
+
+def compare(reference: Any, window: Any, *, alpha: float = 0.01, max_rows: int = 500, permutations: int = 500,
+            seed: int = 0) -> DriftReport:
+    """The drift tests of `window` against `reference` (DataFrames of traffic rows, `monitoring.profile`).
+    Each side is subsampled to at most `max_rows` rows (seeded) for the embedding test."""
+    from scipy import stats
+
+    if len(reference) == 0 or len(window) == 0:
+        raise ValueError(f"nothing to compare: {len(reference)} reference rows, {len(window)} window rows")
+    rng = np.random.default_rng(seed)
+    report = DriftReport(reference_rows=len(reference), window_rows=len(window), alpha=alpha)
+    tests = 3
+    bar = alpha / tests
+    permutations = max(permutations, int(np.ceil(2 * tests / alpha)))  # the smallest p-value must clear the bar
+
+    ks = stats.ks_2samp(reference["confidence"].to_numpy(), window["confidence"].to_numpy())
+    report.tests.append(DriftTest("confidence", float(ks.statistic), float(ks.pvalue), bool(ks.pvalue < bar),
+                                  f"median top score {reference['confidence'].median():.3f} -> "
+                                  f"{window['confidence'].median():.3f}"))
+
+    classes = int(max(reference["predicted"].max(), window["predicted"].max())) + 1
+    counts = np.stack([np.bincount(reference["predicted"], minlength=classes),
+                       np.bincount(window["predicted"], minlength=classes)])
+    counts = counts[:, counts.sum(axis=0) > 0]
+    if counts.shape[1] > 1:
+        chi2, p, _, _ = stats.chi2_contingency(counts)
+        report.tests.append(DriftTest("predicted_class", float(chi2), float(p), bool(p < bar),
+                                      f"{counts.shape[1]} classes predicted"))
+
+    ref_emb, win_emb = _embeddings(reference), _embeddings(window)
+    if ref_emb is not None and win_emb is not None:
+        ref_emb = ref_emb[rng.permutation(len(ref_emb))[:max_rows]]
+        win_emb = win_emb[rng.permutation(len(win_emb))[:max_rows]]
+        statistic, p = mmd_test(ref_emb, win_emb, permutations, rng)
+        report.tests.append(DriftTest("embedding", statistic, p, bool(p < bar),
+                                      f"MMD² on {len(ref_emb)} + {len(win_emb)} projected embeddings"))
+    return report
+
+
+def _embeddings(frame: Any) -> np.ndarray | None:
+    values = [e for e in frame["embedding"] if e is not None and len(e)]
+    return np.asarray(values, dtype=np.float32) if len(values) == len(frame) and values else None

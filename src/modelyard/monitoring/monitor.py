@@ -1,0 +1,109 @@
+"""One monitor run for a task: the served version's recent traffic against its reference profile.
+
+    result = monitor_task(tracking_uri, "fashion-mnist-cnn", "artifacts/traffic", out_dir, window_s=3600)
+
+Reads the window from the traffic log, the reference from the version's registered artifacts, runs
+`drift.compare`, and writes `report.json`, `report.md` and `drift.png` (the distributions side by side) to
+`out_dir`. With too little traffic in the window it says so and tests nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from modelyard.monitoring import drift, profile
+
+
+def monitor_task(tracking_uri: str, task: str, traffic_dir: str | Path, out_dir: str | Path, *,
+                 version: str | None = None, champion_alias: str = "champion", window_s: float = 3600.0,
+                 since: float | None = None, min_rows: int = 50, alpha: float = 0.01) -> dict[str, Any]:
+    """The drift of `task`'s served `version` (its champion's when None) over the last `window_s` seconds (or
+    since the UTC time `since`)."""
+    import pandas as pd
+
+    from modelyard.registry import versions
+
+    found = versions.get_version(tracking_uri, task, version=version) if version else versions.get_version(
+        tracking_uri, task, alias=champion_alias)
+    if found is None:
+        raise LookupError(f"no {'version ' + version if version else champion_alias + ' version'} of {task!r}")
+    version = str(found.version)
+    with versions.fetched_model_dir(tracking_uri, task, version=version) as (model_dir, _):
+        reference_path = model_dir / profile.REFERENCE_FILE
+        if not reference_path.exists():
+            raise LookupError(f"{task} v{version} was registered without a reference profile "
+                              f"({profile.REFERENCE_FILE}); register a new version to monitor it")
+        reference = pd.read_parquet(reference_path)
+    now = time.time()
+    since = now - window_s if since is None else since
+    window = profile.read_traffic(traffic_dir, task, version, since=since)
+    result: dict[str, Any] = {"task": task, "version": version, "window_s": round(now - since, 3),
+                              "window_rows": len(window), "reference_rows": len(reference), "at": now}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if len(window) < min_rows:
+        result |= {"status": "too_little_traffic", "drifted": False,
+                   "detail": f"{len(window)} requests in the window; at least {min_rows} are needed"}
+    else:
+        report = drift.compare(reference, window, alpha=alpha)
+        result |= {"status": "drift" if report.drifted else "ok", **report.to_dict()}
+        plot(reference, window, report, out_dir / "drift.png", title=f"{task} v{version}")
+    (out_dir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "report.md").write_text(markdown(result))
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"# Drift of {result['task']} v{result['version']}", "",
+             f"**{result['status']}**: {result['window_rows']} requests in the last {result['window_s'] / 60:g} min "
+             f"against {result['reference_rows']} reference rows (the test split).", ""]
+    if result.get("tests"):
+        lines += ["| test | statistic | p-value | drifted | detail |", "|---|---|---|---|---|"]
+        lines += [f"| {t['name']} | {t['statistic']:.4g} | {t['p_value']:.3g} | {'yes' if t['drifted'] else 'no'} | "
+                  f"{t['detail']} |" for t in result["tests"]]
+        lines += ["", f"Drift when a p-value is below {result['alpha']:g} / {len(result['tests'])} (Bonferroni).",
+                  "", "![drift](drift.png)"]
+    elif result.get("detail"):
+        lines.append(result["detail"])
+    return "\n".join(lines) + "\n"
+
+
+def plot(reference: Any, window: Any, report: drift.DriftReport, path: Path, title: str) -> Path:
+    """Top-score histograms, predicted-class shares and the embeddings' first two principal components."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    p = {t.name: t.p_value for t in report.tests}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    bins = np.linspace(0, 1, 26)
+    axes[0].hist(reference["confidence"], bins=bins, alpha=0.6, density=True, label="reference (test split)")
+    axes[0].hist(window["confidence"], bins=bins, alpha=0.6, density=True, label="served traffic")
+    axes[0].set(title=f"top score (KS p={p.get('confidence', float('nan')):.2g})", xlabel="confidence")
+    axes[0].legend()
+    classes = int(max(reference["predicted"].max(), window["predicted"].max())) + 1
+    x = np.arange(classes)
+    axes[1].bar(x - 0.2, np.bincount(reference["predicted"], minlength=classes) / len(reference), 0.4,
+                label="reference")
+    axes[1].bar(x + 0.2, np.bincount(window["predicted"], minlength=classes) / len(window), 0.4, label="traffic")
+    axes[1].set(title=f"predicted class (chi2 p={p.get('predicted_class', float('nan')):.2g})", xlabel="class index",
+                ylabel="share")
+    ref_emb, win_emb = drift._embeddings(reference), drift._embeddings(window)
+    if ref_emb is not None and win_emb is not None:
+        mean = ref_emb.mean(axis=0)
+        _, _, components = np.linalg.svd(ref_emb - mean, full_matrices=False)
+        for data, name in ((ref_emb[:1000], "reference"), (win_emb[:1000], "traffic")):
+            xy = (data - mean) @ components[:2].T
+            axes[2].scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.4, label=name)
+        axes[2].set(title=f"embedding, 2 principal components (MMD p={p.get('embedding', float('nan')):.2g})")
+        axes[2].legend()
+    fig.suptitle(f"{title}: {'DRIFT' if report.drifted else 'no drift'}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,91 @@
+"""One row per answered input, the same for served traffic and for a version's reference profile.
+
+Columns: `time` (UTC, seconds), `request_id`, `item` (the input's place in its request), `task`, `version`,
+`predicted` (class index), `label`, `confidence` (the top score), `scores` (every class's), `latency_ms` (the
+request's), `embedding` (the projected penultimate embedding, `monitoring.embedding`; empty where the model
+or its export has none). Traffic is written in Parquet batches under
+`<traffic dir>/task=<task>/version=<version>/<replica>-<time>.parquet`, a layout pyarrow, pandas, DuckDB and
+Spark read as partitions; the reference profile is `reference.parquet` beside the weights of a registered
+version, computed on the test split it was evaluated on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REFERENCE_FILE = "reference.parquet"
+COLUMNS = ("time", "request_id", "item", "task", "version", "predicted", "label", "confidence", "scores",
+           "latency_ms", "embedding")
+
+
+def rows(predictions: Sequence[Any], embeddings: np.ndarray | None, *, task: str, version: str,
+         request_id: str = "", latency_ms: float = float("nan"), at: float | None = None) -> list[dict[str, Any]]:
+    """Rows for one request's (or one reference batch's) answers: `predictions` are `Prediction`s or their
+    dicts."""
+    at = time.time() if at is None else at
+    out = []
+    for i, p in enumerate(predictions):
+        p = p if isinstance(p, dict) else p.to_dict()
+        scores = [float(v) for v in p["scores"].values()]
+        out.append({"time": at, "request_id": request_id, "item": i, "task": task, "version": str(version),
+                    "predicted": int(p["index"]), "label": p["label"], "confidence": max(scores),
+                    "scores": scores, "latency_ms": float(latency_ms),
+                    "embedding": embeddings[i].tolist() if embeddings is not None else []})
+    return out
+
+
+def table(records: list[dict[str, Any]]) -> Any:
+    """`records` as a pyarrow table with the columns' fixed types."""
+    import pyarrow as pa
+
+    schema = pa.schema([("time", pa.float64()), ("request_id", pa.string()), ("item", pa.int32()),
+                        ("task", pa.string()), ("version", pa.string()), ("predicted", pa.int32()),
+                        ("label", pa.string()), ("confidence", pa.float32()), ("scores", pa.list_(pa.float32())),
+                        ("latency_ms", pa.float32()), ("embedding", pa.list_(pa.float32()))])
+    return pa.Table.from_pylist(records, schema=schema)
+
+
+def write(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write `records` to `path` (Parquet) through a temporary name, so a reader never sees half a file."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    pq.write_table(table(records), partial)
+    partial.replace(path)
+    return path
+
+
+def reference(predictor: Any, inputs: Any, *, task: str, version: str, batch_size: int = 256) -> list[dict[str, Any]]:
+    """A version's reference profile: its answers on `inputs` (its test split), as traffic rows."""
+    predictions, embeddings = predictor.predict_with_embeddings(inputs, batch_size)
+    return rows(predictions, embeddings, task=task, version=version, request_id="reference")
+
+
+def write_reference(model_dir: str | Path, inputs: Any, task: str) -> Path:
+    """A saved model's reference profile (its answers and embeddings on `inputs`, its test split's rows),
+    written beside its weights as `reference.parquet`, so the registered version carries it."""
+    from modelyard.inference import Predictor
+
+    return write(reference(Predictor.from_dir(model_dir), inputs, task=task, version=""),
+                 Path(model_dir) / REFERENCE_FILE)
+
+
+def read_traffic(traffic_dir: str | Path, task: str, version: str | None = None, since: float | None = None) -> Any:
+    """A task's logged traffic (one version's, or all) as a DataFrame, rows since `since` (UTC seconds) only;
+    empty when nothing was logged."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    root = Path(traffic_dir) / f"task={task}"
+    files = sorted((root / f"version={version}").glob("*.parquet") if version else root.glob("version=*/*.parquet"))
+    if not files:
+        return pd.DataFrame(columns=list(COLUMNS))
+    frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+    return frame[frame["time"] >= since].reset_index(drop=True) if since is not None else frame
