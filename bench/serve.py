@@ -5,8 +5,9 @@ FastAPI + uvicorn server a user would write (bench/plain_server.py), same model,
                           [--targets plain proxy haproxy proxy+onnx haproxy+onnx] [--tracking-uri URI --model NAME]
                           [--data-dir data]
 
-A target is the plain server, or modelyard's app as <ingress>[+onnx]: Ray's `proxy` or `haproxy`, with the
-torch backend or (+onnx) the onnxruntime one running the version's ONNX export.
+A target is the plain server, or modelyard's app as <ingress>[+onnx][+nolog]: Ray's `proxy` or `haproxy`, with
+the torch backend or (+onnx) the onnxruntime one running the version's ONNX export, recording every request in
+the traffic log (the default) or not (+nolog). With both X and X+nolog measured it prints what the log costs.
 
 Without --tracking-uri it trains the default image recipe's model (`fashion-cnn`, one epoch on 6,000 images:
 the speed of a forward pass does not depend on how well it was trained) into a temporary MLflow store, its
@@ -47,22 +48,26 @@ def serve_child(args: argparse.Namespace) -> None:
     configure_environment()
     from serving.deploy import deploy
 
-    serve_cfg = ServeConfig(port=args.port, ingress=args.ingress, follow_aliases_s=0, backend=args.backend)
+    serve_cfg = ServeConfig(port=args.port, ingress=args.ingress, follow_aliases_s=0, backend=args.backend,
+                            traffic_log={"enabled": bool(args.traffic_dir), "dir": args.traffic_dir or "unused"})
     served = deploy(serve_cfg, RegistryConfig(tracking_uri=args.tracking_uri), model_name=args.model,
                     tracking_uri=args.tracking_uri)
     print(json.dumps(served), flush=True)
     sys.stdin.read()
 
 
-def start_server(target: str, port: int, tracking_uri: str, model: str, model_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(target: str, port: int, tracking_uri: str, model: str, model_dir: Path,
+                 traffic_dir: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if target == "plain":
         cmd = [sys.executable, "-m", "bench.plain_server", "--model-dir", str(model_dir), "--port", str(port)]
         url = f"http://127.0.0.1:{port}/predict"
     else:
-        ingress, _, onnx = target.partition("+")
+        ingress, *options = target.split("+")
         cmd = [sys.executable, "-m", "bench.serve", "--serve-child", "--ingress", ingress, "--port", str(port),
-               "--tracking-uri", tracking_uri, "--model", model, "--backend", "onnxruntime" if onnx else "torch"]
+               "--tracking-uri", tracking_uri, "--model", model,
+               "--backend", "onnxruntime" if "onnx" in options else "torch",
+               "--traffic-dir", "" if "nolog" in options else str(traffic_dir / target)]
         url = f"http://127.0.0.1:{port}/{model}/predict"
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
@@ -202,8 +207,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--targets", nargs="+", default=["plain", "proxy", "haproxy", "proxy+onnx", "haproxy+onnx"],
-                        choices=["plain", "proxy", "haproxy", "proxy+onnx", "haproxy+onnx"])
+    targets = ["plain", "proxy", "haproxy", "proxy+onnx", "haproxy+onnx"]
+    parser.add_argument("--targets", nargs="+", default=[*targets, "haproxy+onnx+nolog"],
+                        choices=[*targets, *(f"{t}+nolog" for t in targets[1:])])
     parser.add_argument("--tracking-uri")
     parser.add_argument("--model")
     parser.add_argument("--port", type=int, default=8123)
@@ -212,6 +218,7 @@ def main() -> None:
     parser.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ingress", default="proxy", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
+    parser.add_argument("--traffic-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_child:
         return serve_child(args)
@@ -233,7 +240,7 @@ def main() -> None:
               f"{args.duration:.0f} s per point\n", flush=True)
         results: dict[str, dict[int, dict]] = {}
         for target in args.targets:
-            proc, url = start_server(target, args.port, uri, model, model_dir)
+            proc, url = start_server(target, args.port, uri, model, model_dir, workdir / "traffic")
             try:
                 wait_ready(url, proc, images[0])
                 results[target] = {}
@@ -258,6 +265,13 @@ def report(results: dict[str, dict[int, dict]], levels: list[int]) -> None:
             dp50 = f"{r['p50_ms'] - base[c]['p50_ms']:+.1f} ms" if base else "-"
             print(f"| {target} | {c} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                   f"{r['p99_ms'] / r['p50_ms']:.1f} | {r['errors']} | {vs} | {dp50} |")
+    for target, by_c in results.items():
+        if target.endswith("+nolog") and target.removesuffix("+nolog") in results:
+            logged = results[target.removesuffix("+nolog")]
+            for c in levels:
+                print(f"traffic log cost, {target.removesuffix('+nolog')} at concurrency {c}: req/s "
+                      f"{logged[c]['rps'] / by_c[c]['rps']:.3f}x of no log, p50 {logged[c]['p50_ms'] - by_c[c]['p50_ms']:+.2f} ms "
+                      f"(goal: at most 5% fewer req/s)")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ export RAY_PORT="${RAY_PORT:-6379}" RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-82
 export RAY_CLIENT_PORT="${RAY_CLIENT_PORT:-10001}" RAY_DASHBOARD_AGENT_PORT="${RAY_DASHBOARD_AGENT_PORT:-52365}"
 export RAY_SERVE_HAPROXY_STATS_PORT="${RAY_SERVE_HAPROXY_STATS_PORT:-8404}" \
        RAY_SERVE_HAPROXY_METRICS_PORT="${RAY_SERVE_HAPROXY_METRICS_PORT:-9101}"
+# A replaced ingress replica drains 12 s, not Ray's 30 s: HAProxy drops a server after 2 checks 5 s apart
+# (serving/deploy.py says more).
+export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="${RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S:-12}"
 
 # HAProxy as Serve's ingress, through infra/haproxy-bound: its stats page and Prometheus exporter bound to $1
 # (Ray's template binds them to every interface). Exported where the Ray node starts; Serve starts HAProxy there.

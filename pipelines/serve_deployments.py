@@ -1,4 +1,4 @@
-"""Register the `training-pipeline`, `hyperparameter-search` and `batch-predict` deployments with the Prefect server and serve their runs.
+"""Register the `training-pipeline`, `hyperparameter-search`, `batch-predict` and `monitor` deployments with the Prefect server and serve their runs.
 
 `make up` runs this in the background: the deployments then appear in the UI, the training form prefilled
 with params.yaml's run, and their Run buttons execute the flows in this process's subprocesses.
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from modelyard.forms import form_defaults
 from modelyard.runtime import configure_environment, configure_logging
 from pipelines.batch import batch_predict
+from pipelines.monitor import monitor
 from pipelines.search import hyperparameter_search
 from pipelines.training import training_pipeline
 
@@ -30,6 +32,10 @@ BATCH_DESCRIPTION = ("Predict a folder of images, a JSON-lines file or a Parquet
                      "task's champion; Parquet out under <artifacts>/predictions.")
 SEARCH_DESCRIPTION = ("Search a recipe's hyper-parameters with Ray Tune (Optuna + ASHA), every trial an MLflow child "
                       "run; the winner is retrained, evaluated and registered as challenger through the gate.")
+MONITOR_DESCRIPTION = ("Compare each served task's recent traffic with its champion's reference profile (KS, "
+                       "chi-squared, MMD on embeddings); report, MLflow point, and the event modelyard.drift.detected "
+                       "on drift.")
+MONITOR_EVERY = timedelta(minutes=15)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,6 +59,8 @@ def main() -> None:
                                               description=SEARCH_DESCRIPTION),
           batch_predict.to_deployment(name="batch-predict", tags=["modelyard", "inference"],
                                       description=BATCH_DESCRIPTION),
+          monitor.to_deployment(name="monitor", tags=["modelyard", "monitoring"], description=MONITOR_DESCRIPTION,
+                                interval=MONITOR_EVERY),
           pause_on_shutdown=False)
 
 
@@ -69,6 +77,9 @@ def deploy_to_pool(pool: str, params_path: str) -> None:
     batch = batch_predict.from_source(source=str(ROOT), entrypoint="pipelines/batch.py:batch_predict")
     batch.deploy(name="batch-predict", work_pool_name=pool, tags=["modelyard", "inference"],
                  description=BATCH_DESCRIPTION, build=False, push=False, job_variables=job_variables)
+    watch = monitor.from_source(source=str(ROOT), entrypoint="pipelines/monitor.py:monitor")
+    watch.deploy(name="monitor", work_pool_name=pool, tags=["modelyard", "monitoring"], description=MONITOR_DESCRIPTION,
+                 interval=MONITOR_EVERY, build=False, push=False, job_variables=job_variables)
 
 
 if __name__ == "__main__":

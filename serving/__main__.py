@@ -23,10 +23,10 @@ def main() -> None:
     from serving.deploy import NoChampionError, deploy, deploy_all
 
     if args.task:
-        print(json.dumps(deploy(cfg.serve, cfg.registry, model_name=args.task)))
+        print(json.dumps(deploy(cfg.resolved_serve(), cfg.registry, model_name=args.task)))
         return
     try:
-        print(json.dumps(deploy_all(cfg.serve, cfg.registry), indent=1))
+        print(json.dumps(deploy_all(cfg.resolved_serve(), cfg.registry), indent=1))
     except NoChampionError as err:
         if not args.if_any:
             raise

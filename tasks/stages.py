@@ -83,4 +83,4 @@ def publish_task(run: Run) -> str:
 def deploy_task(cfg: PipelineConfig) -> dict[str, Any]:
     from serving.deploy import deploy
 
-    return deploy(cfg.serve, cfg.registry, model_name=cfg.task_name)
+    return deploy(cfg.resolved_serve(), cfg.registry, model_name=cfg.task_name)

@@ -296,8 +296,8 @@ class TrafficLogConfig(_Section):
 
     enabled: bool = Field(True, description="Record answered requests in Parquet batches.")
     sample: float = Field(1.0, ge=0, le=1, description="The share of requests recorded (all of them at this scale).")
-    dir: str = Field("artifacts/traffic", description="Where the batches go (relative to where `deploy` runs); on a "
-                                                      "cluster a directory every node can write to.")
+    dir: str | None = Field(None, description="Where the batches go; null: <paths.artifacts_dir>/traffic. On a "
+                                              "cluster a directory every node can write to.")
     flush_every_s: float = Field(5.0, gt=0, description="Seconds between a replica's batches.")
 
 
@@ -397,6 +397,16 @@ class PipelineConfig(BaseModel):
         if v is not None:
             recipe_overrides(v)  # raises naming the recipes there are
         return v
+
+    @property
+    def traffic_dir(self) -> str:
+        """Where the serving replicas' traffic log goes: `serve.traffic_log.dir`, or <artifacts>/traffic."""
+        return self.serve.traffic_log.dir or str(Path(self.paths.artifacts_dir) / "traffic")
+
+    def resolved_serve(self) -> ServeConfig:
+        """The `serve` section as `deploy` takes it: the traffic log's directory filled in."""
+        log = self.serve.traffic_log.model_copy(update={"dir": self.traffic_dir})
+        return self.serve.model_copy(update={"traffic_log": log})
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> PipelineConfig:
         """A copy with `{"train": {"epochs": 3}, ...}` merged in, validated again."""

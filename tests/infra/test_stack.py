@@ -211,6 +211,24 @@ def test_the_batch_predict_deployment_writes_a_row_per_file_and_refuses_paths_ou
     assert not (Path(stack.cfg.paths.artifacts_dir) / "escape").exists()
 
 
+def test_the_monitor_deployment_runs_on_its_schedule_and_reads_the_served_traffic(stack):
+    """monitor beside the others, every 15 min: run once through the API after the first tests' requests, it
+    reads the champion's traffic from the stack's traffic log and publishes its report."""
+    monitor = stack.prefect.get(f"{stack.prefect_api}/deployments/name/monitor/monitor", timeout=10)
+    assert monitor.status_code == 200, monitor.text
+    assert [s["schedule"]["interval"] for s in monitor.json()["schedules"]] == [900.0]
+    created = stack.prefect.post(f"{stack.prefect_api}/deployments/{monitor.json()['id']}/create_flow_run",
+                                 json={"parameters": {"tasks": [stack.cfg.task_name], "min_requests": 1}},
+                                 timeout=10)
+    created.raise_for_status()
+    run = wait_for_flow_run(stack, created.json()["id"])
+    assert run["state_type"] == "COMPLETED", f"{run['state_name']}\n{stack.logs()}"
+    logged = list((Path(stack.cfg.paths.artifacts_dir) / "traffic" / f"task={stack.cfg.task_name}").rglob("*.parquet"))
+    assert logged, "the served app logged no traffic"
+    report = stack.prefect.get(f"{stack.prefect_api}/artifacts/drift-{stack.cfg.task_name}/latest", timeout=10)
+    assert report.status_code == 200 and report.json()["data"].startswith(f"# Drift of {stack.cfg.task_name} v")
+
+
 def test_the_prefect_api_refuses_a_caller_without_the_auth_string(stack):
     """The audit's way in (one create_flow_run call from anyone who reaches the port) is closed: without the
     string, or with another, every API call is 401 and no run is made; health probes stay open."""

@@ -7,6 +7,7 @@ its prediction, scores, latency and embedding."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -108,3 +109,37 @@ def test_a_window_with_too_little_traffic_tests_nothing(served):
     _, uri, tmp, _ = served
     quiet = monitor_task(uri, TASK, tmp / "traffic", tmp / "monitor-quiet", window_s=0.001)
     assert quiet["status"] == "too_little_traffic" and not quiet["drifted"] and quiet["window_rows"] == 0
+
+
+def test_the_monitor_flow_records_the_drift_in_mlflow_and_prefect_and_emits_the_event(served, prefect_api):
+    """Runs after the drift test: the last ten minutes hold the real and the inverted images."""
+    import httpx
+    from mlflow.tracking import MlflowClient
+    from prefect.settings import PREFECT_API_URL
+
+    from helpers.config import write_params
+    from pipelines.monitor import DRIFT_EVENT, monitor
+
+    cfg, uri, tmp, _ = served
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MODELYARD_PARAMS", str(write_params(cfg, tmp / "params.yaml")))
+        state = monitor(window_min=10, return_state=True)
+    assert state.is_completed(), state
+    [result] = state.result()
+    assert result["task"] == TASK and result["status"] == "drift" and result["window_rows"] >= 360
+    history = MlflowClient(uri).get_metric_history(result["mlflow_run_id"], "monitor/drifted")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0)]
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(result["mlflow_run_id"], "reports")}
+    assert len(artifacts) == 1 and Path(result["report_dir"], "drift.png").exists()
+    api = PREFECT_API_URL.value()
+    found = httpx.get(f"{api}/artifacts/drift-{TASK}/latest", timeout=10)
+    assert found.status_code == 200 and "**drift**" in found.json()["data"]
+    events = []
+    for _ in range(30):  # the server stores events a moment after they are emitted
+        events = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"name": [DRIFT_EVENT]}}},
+                            timeout=10).json()["events"]
+        if events:
+            break
+        time.sleep(1)
+    assert [e["resource"]["modelyard.task"] for e in events] == [TASK]
+    assert events[0]["id"] == result["event_id"] and events[0]["payload"]["version"] == "1"

@@ -56,6 +56,30 @@ def monitor_task(tracking_uri: str, task: str, traffic_dir: str | Path, out_dir:
     return result
 
 
+MONITOR_EXPERIMENT = "monitoring"
+MONITOR_TAG = "modelyard.monitor"
+
+
+def record(tracking_uri: str, result: dict[str, Any], out_dir: str | Path) -> str:
+    """Add this monitor run to its task version's MLflow run (one per version, a point per monitor run: drift
+    scores over time) with the report as artifacts under `reports/<time>/`; returns the run id."""
+    from modelyard.registry import tracking
+
+    task, version = result["task"], result["version"]
+    run_id = tracking.series_run(tracking_uri, MONITOR_EXPERIMENT, MONITOR_TAG, f"{task}:{version}",
+                                 run_name=f"monitor {task} v{version}")
+    step = max(tracking.logged_steps(tracking_uri, run_id, "monitor/window_rows"), default=-1) + 1
+    metrics = {"monitor/window_rows": result["window_rows"], "monitor/drifted": float(bool(result["drifted"]))}
+    if result.get("tests"):
+        metrics["monitor/score"] = result["score"]
+        metrics |= {f"monitor/{t['name']}/p_value": t["p_value"] for t in result["tests"]}
+        metrics |= {f"monitor/{t['name']}/statistic": t["statistic"] for t in result["tests"]}
+    tracking.log_metrics(tracking_uri, run_id, metrics, step=step)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(result["at"]))
+    tracking.log_artifacts(tracking_uri, run_id, out_dir, f"reports/{stamp}")
+    return run_id
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Drift of {result['task']} v{result['version']}", "",
              f"**{result['status']}**: {result['window_rows']} requests in the last {result['window_s'] / 60:g} min "

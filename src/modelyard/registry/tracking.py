@@ -91,6 +91,17 @@ def running_runs(tracking_uri: str, experiment: str, tag: str) -> list[tuple[str
     return [(r.info.run_id, r.data.tags[tag]) for r in runs if tag in r.data.tags]
 
 
+def series_run(tracking_uri: str, experiment: str, tag: str, value: str, run_name: str) -> str:
+    """The run of `experiment` tagged `tag=value`, created (and left RUNNING) the first time: one run that a
+    recurring job adds a point to each time (a monitor's drift scores over time)."""
+    mlflow = client(tracking_uri)
+    experiment_id = ensure_experiment(tracking_uri, experiment)
+    found = mlflow.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    return start_run(tracking_uri, experiment, {}, tags={tag: value}, run_name=run_name)
+
+
 @dataclass(frozen=True)
 class RunLogger:
     """One run's metrics and tags, for training's rank 0 (picklable: it travels to the Ray Train workers)."""
