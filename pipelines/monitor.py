@@ -40,8 +40,13 @@ def monitor(tasks: list[str] | None = None, window_min: float = 60.0, min_reques
     results = []
     for task in names:
         out_dir = Path(cfg.paths.artifacts_dir) / "monitor" / task / stamp
-        result = monitor_task(uri, task, cfg.traffic_dir, out_dir, champion_alias=cfg.registry.champion_alias,
-                              window_s=window_min * 60, min_rows=min_requests, alpha=alpha)
+        try:
+            result = monitor_task(uri, task, cfg.traffic_dir, out_dir, champion_alias=cfg.registry.champion_alias,
+                                  window_s=window_min * 60, min_rows=min_requests, alpha=alpha)
+        except LookupError as err:  # no champion, or one registered before reference profiles: the others go on
+            logger.warning("%s: not monitored: %s", task, err)
+            results.append({"task": task, "status": "not_monitored", "drifted": False, "detail": str(err)})
+            continue
         result["mlflow_run_id"] = record(uri, result, out_dir)
         result["report_dir"] = str(out_dir.resolve())
         create_markdown_artifact(markdown(result), key=f"drift-{task.lower()}",

@@ -129,6 +129,9 @@ def task_application(serve_cfg: ServeConfig, registry_cfg: RegistryConfig, model
     if cfg.canary.share > 0:
         found = versions.get_version(tracking_uri, model_name, alias=registry_cfg.challenger_alias)
         challenger = found.version if found else None
+    if cfg.traffic_log.enabled and not cfg.traffic_log.dir:
+        log.warning("%s: no serve.traffic_log.dir given, so its traffic is not logged (and the monitor sees none)",
+                    model_name)
     settings = AppSettings(model_name=model_name, tracking_uri=tracking_uri, serve=cfg, registry=registry_cfg,
                            threads=cfg.replica_threads or max(1, (os.cpu_count() or 1) // replicas),
                            auth_token=_token(cfg),

@@ -49,15 +49,19 @@ class TrafficLog:
         by_version: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             by_version.setdefault(row["version"], []).append(row)
-        try:
-            for version, part in by_version.items():
+        written, unwritten = 0, []
+        for version, part in by_version.items():
+            try:
                 profile.write(part, self.directory / f"task={self.task}" / f"version={version}"
                               / f"{self.replica}-{stamp}.parquet")
-        except Exception:  # the log must never take serving down: keep the rows for the next try
-            log.exception("could not write %d traffic rows of %s under %s", len(rows), self.task, self.directory)
+                written += len(part)
+            except Exception:  # the log must never take serving down: keep these rows for the next try
+                log.exception("could not write %d traffic rows of %s v%s under %s", len(part), self.task, version,
+                              self.directory)
+                unwritten += part
+        if unwritten:
             with self._lock:
-                self._rows[:0] = rows
+                self._rows[:0] = unwritten
                 del self._rows[:-MAX_BUFFERED]
-            return 0
-        self.written += len(rows)
-        return len(rows)
+        self.written += written
+        return written

@@ -214,6 +214,9 @@ class TrainConfig(_Section):
                 f"train.batch_size ({self.batch_size}) must be at least train.num_workers ({self.num_workers})")
         if self.mixed_precision == "fp16" and self.use_gpu == "false":
             raise ValueError("train.mixed_precision=fp16 needs GPUs but train.use_gpu is false; use auto, bf16 or none")
+        if (self.engine, self.strategy) == ("lightning", "fsdp") and self.grad_clip_norm is not None:
+            raise ValueError("train.grad_clip_norm cannot be used with Lightning's FSDP (its precision plugin does not "
+                             "clip by norm); use train.engine=torch for FSDP, or train.grad_clip_norm=null")
         if self.lightning_module is not None:
             if self.engine != "lightning":
                 raise ValueError("train.lightning_module is set but train.engine is torch; set train.engine=lightning")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,15 @@ REPORT_FILE = "onnx.json"
 
 TENSORRT = "TensorrtExecutionProvider"
 # TensorRT first, CUDA for the nodes TensorRT does not take, the CPU for the rest (ONNX Runtime's own order).
-TENSORRT_PROVIDERS = [TENSORRT, "CUDAExecutionProvider", "CPUExecutionProvider"]
+# TensorRT builds an engine per input shape range; the cache keeps them across replica starts.
+TENSORRT_CACHE = os.environ.get("MODELYARD_TENSORRT_CACHE",
+                                os.path.join(tempfile.gettempdir(), "modelyard-tensorrt-engines"))
+TENSORRT_PROVIDERS: list[Any] = [
+    (TENSORRT, {"trt_engine_cache_enable": True, "trt_engine_cache_path": TENSORRT_CACHE, "trt_fp16_enable": False}),
+    "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def session(path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Any:
+def session(path: str | Path, threads: int | None = None, providers: list[Any] | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -35,18 +35,20 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: str | torch.device = "cpu",
                  onnx_session: Any = None, backend_note: str = "") -> None:
         self.model = model.eval()
+        self.device = torch.device(device)
         self.spec = spec
         self.preprocessor = spec.preprocessor()
         self.graph = self.preprocessor.graph(self.model).eval()  # raw inputs -> logits, preprocessing inside
         head = classifier_head(self.model, len(spec.labels))
         # raw inputs -> (logits, projected penultimate embedding), for the traffic log and drift
-        self.embedding_graph = WithEmbedding(self.graph, head).eval() if head is not None else None
-        self.device = torch.device(device)
+        self.embedding_graph = WithEmbedding(self.graph, head).to(self.device).eval() if head is not None else None
         self._onnx = onnx_session  # an onnxruntime.InferenceSession running the graph instead of torch
         self.backend = "torch"
         if onnx_session is not None:
             self.backend = "tensorrt" if TENSORRT in onnx_session.get_providers() else "onnxruntime"
         self.backend_note = backend_note
+        self.has_embeddings = (any(o.name == "embedding" for o in onnx_session.get_outputs())
+                               if onnx_session is not None else self.embedding_graph is not None)
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike[str], device: str | torch.device = "cpu", backend: str = "torch",
@@ -80,12 +82,6 @@ class Predictor:
         if self._onnx is not None:
             return torch.from_numpy(self._onnx.run(["logits"], {k: v.numpy() for k, v in feeds.items()})[0])
         return self.graph(**{k: v.to(self.device) for k, v in feeds.items()})
-
-    @property
-    def has_embeddings(self) -> bool:
-        if self._onnx is not None:
-            return any(o.name == "embedding" for o in self._onnx.get_outputs())
-        return self.embedding_graph is not None
 
     def logits_and_embedding(self, feeds: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`logits`, and the projected penultimate embedding (None where the model or its export has none)."""

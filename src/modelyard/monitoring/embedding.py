@@ -10,6 +10,7 @@ and one test fits all families. The projection is part of the exported ONNX grap
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -31,19 +32,26 @@ def projection(width: int, dim: int = DIM) -> torch.Tensor:
 
 
 class WithEmbedding(nn.Module):
-    """A Predictor's graph (raw inputs -> logits) that also returns the projected penultimate embedding."""
+    """A Predictor's graph (raw inputs -> logits) that also returns the projected penultimate embedding. The
+    head's input is caught by one hook, per thread, only while this module runs: the plain graph and other
+    threads' forward passes through the same model are not touched."""
 
     def __init__(self, graph: nn.Module, head: nn.Linear) -> None:
         super().__init__()
         self.graph, self.head = graph, head
         self.register_buffer("projection", projection(head.in_features), persistent=False)
+        self._caught = threading.local()
+        head.register_forward_pre_hook(self._catch)
+
+    def _catch(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        if getattr(self._caught, "on", False):
+            self._caught.features = inputs[0]
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        seen: list[torch.Tensor] = []
-        handle = self.head.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+        self._caught.on, self._caught.features = True, None
         try:
             logits = self.graph(*args, **kwargs)
+            features = self._caught.features
         finally:
-            handle.remove()
-        features = seen[-1].float()
-        return logits, features.flatten(1) @ self.projection
+            self._caught.on, self._caught.features = False, None
+        return logits, features.float().flatten(1) @ self.projection

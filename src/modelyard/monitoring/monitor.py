@@ -88,7 +88,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["| test | statistic | p-value | drifted | detail |", "|---|---|---|---|---|"]
         lines += [f"| {t['name']} | {t['statistic']:.4g} | {t['p_value']:.3g} | {'yes' if t['drifted'] else 'no'} | "
                   f"{t['detail']} |" for t in result["tests"]]
-        lines += ["", f"Drift when a p-value is below {result['alpha']:g} / {len(result['tests'])} (Bonferroni).",
+        lines += ["", f"Drift when a p-value is below {result['alpha']:g} / {len(result['tests'])} (Bonferroni; "
+                  "the tests take rows as independent, which traffic is not quite).",
                   "", "![drift](drift.png)"]
     elif result.get("detail"):
         lines.append(result["detail"])

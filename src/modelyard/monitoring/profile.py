@@ -77,6 +77,19 @@ def write_reference(model_dir: str | Path, inputs: Any, task: str) -> Path:
                  Path(model_dir) / REFERENCE_FILE)
 
 
+def _written_at(path: Path) -> float:
+    """When a traffic batch was written, from its name (<replica>-<YYYYmmddTHHMMSS.ffffff>.parquet); its mtime
+    for a name without it."""
+    import calendar
+
+    stamp = path.stem.rpartition("-")[2]
+    try:
+        whole, _, fraction = stamp.partition(".")
+        return calendar.timegm(time.strptime(whole, "%Y%m%dT%H%M%S")) + float(f"0.{fraction or 0}")
+    except ValueError:
+        return path.stat().st_mtime
+
+
 def read_traffic(traffic_dir: str | Path, task: str, version: str | None = None, since: float | None = None) -> Any:
     """A task's logged traffic (one version's, or all) as a DataFrame, rows since `since` (UTC seconds) only;
     empty when nothing was logged."""
@@ -85,6 +98,8 @@ def read_traffic(traffic_dir: str | Path, task: str, version: str | None = None,
 
     root = Path(traffic_dir) / f"task={task}"
     files = sorted((root / f"version={version}").glob("*.parquet") if version else root.glob("version=*/*.parquet"))
+    if since is not None:  # a batch is named by when it was written, after all its rows: older ones are skipped
+        files = [f for f in files if _written_at(f) >= since]
     if not files:
         return pd.DataFrame(columns=list(COLUMNS))
     frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)

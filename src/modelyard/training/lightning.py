@@ -127,7 +127,9 @@ class _EpochEnds(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         run = self.run
-        optimizer, scheduler = trainer.optimizers[0], trainer.lr_scheduler_configs[0].scheduler
+        optimizer = trainer.optimizers[0]
+        configs = trainer.lr_scheduler_configs  # a module's own optimiser may come without a schedule
+        scheduler = configs[0].scheduler if configs else None
         if run.sharded_by_lightning:
             run.shard_root, run.shard_prefix = trainer.strategy.model, "model."
         if run.restored is not None and optimizer is not run.optimizer:
@@ -136,7 +138,8 @@ class _EpochEnds(pl.Callback):
                 sharding.load_full_state(run.shard_root, optimizer, None, run.restored.optimizer)
             else:
                 optimizer.load_state_dict(run.restored.optimizer)
-            scheduler.load_state_dict(run.restored.scheduler)
+            if scheduler is not None and run.restored.scheduler:
+                scheduler.load_state_dict(run.restored.scheduler)
         run.optimizer, run.scheduler = optimizer, scheduler
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -163,11 +166,14 @@ class LightningWorkerRun(WorkerRun):
 
     @property
     def sharded_by_lightning(self) -> bool:
-        return self.tc.strategy == "fsdp" and self.world > 1
+        """Lightning's FSDP shards the model (the whole model trains: cached features leave only a head, which
+        DDP trains, as the torch engine does)."""
+        return self.tc.strategy == "fsdp" and self.world > 1 and getattr(self, "trained", None) is getattr(
+            self, "model", None)
 
     def run(self) -> None:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # "GPU available: False", summaries
-        if self.sharded_by_lightning and self.device.type == "cpu":
+        if self.tc.strategy == "fsdp" and self.world > 1 and self.device.type == "cpu":
             raise ValueError(LIGHTNING_FSDP_NEEDS_GPUS)
         self._set_up_device()
         self._load_data()
@@ -194,9 +200,8 @@ class LightningWorkerRun(WorkerRun):
     def _strategy_used(self) -> str:
         return "fsdp" if self.sharded_by_lightning else "ddp"
 
-    def _start_tracking(self, resumed: bool) -> None:
-        super()._start_tracking(resumed)
-        self.step_model = self.trained  # the strategy wraps it, not `session.prepare_model`
+    def _step_model(self) -> torch.nn.Module:
+        return self.trained  # Lightning's strategy wraps it, not `session.prepare_model`
 
     def _module(self) -> FamilyModule:
         cls = load_module_class(self.tc.lightning_module)
@@ -213,7 +218,7 @@ class LightningWorkerRun(WorkerRun):
         return module
 
     def _trainer(self, epochs: int) -> pl.Trainer:
-        setup = self.session.lightning_setup(self.tc.strategy)
+        setup = self.session.lightning_setup("fsdp" if self.sharded_by_lightning else "ddp")
         trainer = pl.Trainer(
             max_epochs=epochs, precision=PRECISION_PLUGINS[self.mode],
             accumulate_grad_batches=self.tc.grad_accum_steps, gradient_clip_val=self.tc.grad_clip_norm,

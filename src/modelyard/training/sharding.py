@@ -2,8 +2,10 @@
 
 Ray Train's `prepare_model(parallel_strategy="fsdp")` wraps in FSDP1 and refuses CPUs; FSDP2 shards on CPU
 workers too (gloo), which is what the tests run on. Units are sharded bottom-up: each element of a
-`ModuleList` (a Transformer's layers), then each top-level child with parameters, then the root, so at most
-one unit's full parameters exist at a time during the forward pass.
+`ModuleList` (a Transformer's layers), then each top-level child with parameters (containers without a
+forward of their own are left to their elements), then the root; a unit's parameters are gathered only while
+it runs. Buffers are not sharded and, unlike DDP's, not broadcast: each rank keeps its own batch-norm
+running statistics, and the checkpoint holds rank 0's.
 
 Checkpoints hold the full, unsharded state (gathered to rank 0 on CPU): evaluation, registration and the
 ONNX export read the same files as after DDP. Every rank must call `full_model_state` and
@@ -34,7 +36,8 @@ def shard(model: nn.Module) -> nn.Module:
             for layer in module:
                 unit(layer)
     for child in model.children():
-        unit(child)
+        if not isinstance(child, (nn.ModuleList, nn.ModuleDict)):  # fully_shard wants a module with a forward
+            unit(child)
     fully_shard(model)  # the root always: it owns what no unit took
     return model
 

@@ -362,6 +362,10 @@ class WorkerRun:
             self.session.log(f"resumed from the checkpoint of epoch {checkpoint.epoch + 1} after a worker failure")
         return checkpoint.epoch + 1
 
+    def _step_model(self) -> torch.nn.Module:
+        """What the training steps call: the sharded model, or the session's (DDP under Ray Train)."""
+        return self.trained if self.shard_root is not None else self.session.prepare_model(self.trained)
+
     def _restore(self, checkpoint: CheckpointState) -> None:
         if self.shard_root is not None:
             sharding.load_full_state(self.shard_root, self.optimizer, checkpoint.model, checkpoint.optimizer)
@@ -371,7 +375,7 @@ class WorkerRun:
         self.scheduler.load_state_dict(checkpoint.scheduler)
 
     def _start_tracking(self, resumed: bool) -> None:
-        self.step_model = self.trained if self.shard_root is not None else self.session.prepare_model(self.trained)
+        self.step_model = self._step_model()
         if self.tc.compile:
             self.step_model = torch.compile(self.step_model)
         events = self.session.events_dir() if self.config.tensorboard and self.rank == 0 else None
@@ -440,7 +444,8 @@ class WorkerRun:
             model = {k: v.cpu() for k, v in self.model.state_dict().items()}
             optimizer = self.optimizer.state_dict()
         return CheckpointState(
-            model=model, optimizer=optimizer, scheduler=self.scheduler.state_dict(), epoch=epoch,
+            model=model, optimizer=optimizer,
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else {}, epoch=epoch,
             history=self.history, spec=asdict(self.config.spec),
             precision={"mode": self.mode, "reason": self.why}, features_cached=self.trained is not self.model,
             startup=asdict(self.marks), resumed_after_epochs=self.resumed)
