@@ -31,27 +31,30 @@ def projection(width: int, dim: int = DIM) -> torch.Tensor:
     return torch.randn(width, dim, generator=torch.Generator().manual_seed(SEED)) / dim ** 0.5
 
 
+_CAUGHT = threading.local()  # per thread: the WithEmbedding running now, and what its head was given
+
+
 class WithEmbedding(nn.Module):
     """A Predictor's graph (raw inputs -> logits) that also returns the projected penultimate embedding. The
     head's input is caught by one hook, per thread, only while this module runs: the plain graph and other
-    threads' forward passes through the same model are not touched."""
+    threads' forward passes through the same model are not touched. (The state lives in a module-level
+    thread-local, so the model still pickles: MLflow pickles the pyfunc that holds it.)"""
 
     def __init__(self, graph: nn.Module, head: nn.Linear) -> None:
         super().__init__()
         self.graph, self.head = graph, head
         self.register_buffer("projection", projection(head.in_features), persistent=False)
-        self._caught = threading.local()
         head.register_forward_pre_hook(self._catch)
 
     def _catch(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
-        if getattr(self._caught, "on", False):
-            self._caught.features = inputs[0]
+        if getattr(_CAUGHT, "owner", None) is self:
+            _CAUGHT.features = inputs[0]
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        self._caught.on, self._caught.features = True, None
+        _CAUGHT.owner, _CAUGHT.features = self, None
         try:
             logits = self.graph(*args, **kwargs)
-            features = self._caught.features
+            features = _CAUGHT.features
         finally:
-            self._caught.on, self._caught.features = False, None
+            _CAUGHT.owner = _CAUGHT.features = None
         return logits, features.float().flatten(1) @ self.projection
