@@ -29,12 +29,8 @@ class TrafficLog:
         return self.sample >= 1.0 or random.random() < self.sample
 
     def add(self, answers: list[dict[str, Any]], embeddings: list[Any], request_id: str, latency_ms: float) -> None:
-        at = time.time()
-        new = [{"time": at, "request_id": request_id, "item": i, "task": self.task,
-                "version": str(a["model"]["version"]), "predicted": a["index"], "label": a["label"],
-                "confidence": max(a["scores"].values()), "scores": list(a["scores"].values()),
-                "latency_ms": latency_ms, "embedding": e if e is not None else []}
-               for i, (a, e) in enumerate(zip(answers, embeddings))]
+        new = profile.rows(answers, embeddings, task=self.task, version=answers[0]["model"]["version"],
+                           request_id=request_id, latency_ms=latency_ms)
         with self._lock:
             self._rows.extend(new)
             del self._rows[:-MAX_BUFFERED]

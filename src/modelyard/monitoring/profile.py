@@ -23,10 +23,10 @@ COLUMNS = ("time", "request_id", "item", "task", "version", "predicted", "label"
            "latency_ms", "embedding")
 
 
-def rows(predictions: Sequence[Any], embeddings: np.ndarray | None, *, task: str, version: str,
+def rows(predictions: Sequence[Any], embeddings: Sequence[Any] | None, *, task: str, version: str,
          request_id: str = "", latency_ms: float = float("nan"), at: float | None = None) -> list[dict[str, Any]]:
     """Rows for one request's (or one reference batch's) answers: `predictions` are `Prediction`s or their
-    dicts."""
+    dicts, `embeddings` an (N, DIM) array or one array, list or None per answer (None: no embedding)."""
     at = time.time() if at is None else at
     out = []
     for i, p in enumerate(predictions):
@@ -35,8 +35,14 @@ def rows(predictions: Sequence[Any], embeddings: np.ndarray | None, *, task: str
         out.append({"time": at, "request_id": request_id, "item": i, "task": task, "version": str(version),
                     "predicted": int(p["index"]), "label": p["label"], "confidence": max(scores),
                     "scores": scores, "latency_ms": float(latency_ms),
-                    "embedding": embeddings[i].tolist() if embeddings is not None else []})
+                    "embedding": _listed(embeddings[i]) if embeddings is not None else []})
     return out
+
+
+def _listed(embedding: Any) -> list[float]:
+    if embedding is None:
+        return []
+    return embedding.tolist() if isinstance(embedding, np.ndarray) else list(embedding)
 
 
 def table(records: list[dict[str, Any]]) -> Any:
