@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from modelyard.forms import form_defaults
+from modelyard.monitoring.monitor import EVENTS
 from modelyard.runtime import configure_environment, configure_logging
 from pipelines.batch import batch_predict
 from pipelines.monitor import monitor
@@ -27,15 +28,26 @@ def deployment_parameters(params_path: str = "params.yaml") -> dict:
     return form_defaults(params_path) | {"deploy": True}
 
 
-DESCRIPTION = "Train, evaluate, register and (when promoted) serve a model. Edit the form to change a run."
+DESCRIPTION = ("Train, evaluate, register and (when promoted) serve a model. Edit the form to change a run. Its "
+               "trigger retrains a task on the monitor's events (drift, new labels, falling live accuracy).")
 BATCH_DESCRIPTION = ("Predict a folder of images, a JSON-lines file or a Parquet file under the data root with a "
                      "task's champion; Parquet out under <artifacts>/predictions.")
 SEARCH_DESCRIPTION = ("Search a recipe's hyper-parameters with Ray Tune (Optuna + ASHA), every trial an MLflow child "
                       "run; the winner is retrained, evaluated and registered as challenger through the gate.")
 MONITOR_DESCRIPTION = ("Compare each served task's recent traffic with its champion's reference profile (KS, "
-                       "chi-squared, MMD on embeddings); report, MLflow point, and the event modelyard.drift.detected "
-                       "on drift.")
+                       "chi-squared, MMD on embeddings) and its live accuracy on posted labels; report, MLflow point, "
+                       "and an event (drift, labels ready, accuracy dropped) that starts a retraining run.")
 MONITOR_EVERY = timedelta(minutes=15)
+# The training deployment's trigger: a run for each monitor event, retraining the task the event names.
+RETRAIN_PARAMETERS = {"cause": {"event": "{{ event.event }}", "event_id": "{{ event.id | string }}",
+                                "task": "{{ event.resource['modelyard.task'] }}"}, "deploy": True}
+
+
+def retrain_trigger():
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(name="retrain on monitor events", expect=set(EVENTS),
+                                  match={"prefect.resource.id": "modelyard.task.*"}, parameters=RETRAIN_PARAMETERS)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,7 +66,8 @@ def main() -> None:
     from prefect import serve
 
     serve(training_pipeline.to_deployment(name="training-pipeline", parameters=deployment_parameters(params_path),
-                                          tags=["modelyard", "training"], description=DESCRIPTION),
+                                          tags=["modelyard", "training"], description=DESCRIPTION,
+                                          triggers=[retrain_trigger()]),
           hyperparameter_search.to_deployment(name="hyperparameter-search", tags=["modelyard", "search"],
                                               description=SEARCH_DESCRIPTION),
           batch_predict.to_deployment(name="batch-predict", tags=["modelyard", "inference"],
@@ -70,7 +83,7 @@ def deploy_to_pool(pool: str, params_path: str) -> None:
     job_variables = {"working_dir": str(ROOT), "env": {"MODELYARD_PARAMS": str(Path(params_path).resolve())}}
     flow.deploy(name="training-pipeline", work_pool_name=pool, parameters=deployment_parameters(params_path),
                 tags=["modelyard", "training"], description=DESCRIPTION, build=False, push=False,
-                job_variables=job_variables)
+                job_variables=job_variables, triggers=[retrain_trigger()])
     search = hyperparameter_search.from_source(source=str(ROOT), entrypoint="pipelines/search.py:hyperparameter_search")
     search.deploy(name="hyperparameter-search", work_pool_name=pool, tags=["modelyard", "search"],
                   description=SEARCH_DESCRIPTION, build=False, push=False, job_variables=job_variables)

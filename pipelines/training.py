@@ -4,19 +4,25 @@
 Its parameters are a recipe and the config sections, so the Prefect UI shows a recipe select and a form per
 section: the model family picked from a list, then that family's own fields with their help text; epochs,
 batch size, learning rate, workers, mixed precision, ... Prefilled with params.yaml's run; no paths in it.
+
+`cause` is set by the deployment's trigger on the monitor's events ({"event", "event_id", "task"}): the run
+then retrains that task (modelyard.monitoring.retraining) with its newest feedback set in the training split,
+unless it was decided on within the cool-down, and records the gate's decision with the event.
 """
 
 # No `from __future__ import annotations`: Prefect validates run parameters against these annotations at
 # runtime, and string annotations of the config models cannot be resolved there.
+import json
 import logging
 import os
 from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from modelyard.config import DataConfig, PrepareConfig, RegistryConfig, TrainConfig
 from modelyard.forms import NO_RECIPE, config_from_form
 from modelyard.models import config_union
+from modelyard.paths import TaskPaths
 from modelyard.recipes import RECIPE_NAMES
 from modelyard.runs import open_run
 from modelyard.runtime import configure_environment
@@ -44,6 +50,7 @@ def training_pipeline(
     prepare: PrepareConfig | None = None,
     registry: RegistryConfig | None = None,
     deploy: bool = False,
+    cause: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     configure_environment()
     logging.getLogger("modelyard").setLevel(logging.INFO)  # its progress lines go to the flow run's log
@@ -51,20 +58,58 @@ def training_pipeline(
     # The parameter file is the runner's (`make up` passes it), never a caller's.
     params_path = os.environ.get("MODELYARD_PARAMS", "params.yaml")
     cfg = config_from_form(params_path, recipe, sections)
+    retraining = feedback = None
+    if cause is not None:
+        from modelyard.monitoring import retraining as retrain
+
+        retraining = retrain.Cause(**{k: str(cause[k]) for k in ("event", "event_id", "task")})
+        cfg = retrain.task_config(cfg, retraining.task)
+        if reason := retrain.cooling_down(cfg, retraining.task):
+            decision = retrain.Decision(retraining.task, "skipped", reason, retraining.event, retraining.event_id)
+            return {"retraining": _recorded(cfg, decision, None)}
+        cfg, feedback = retrain.with_feedback(cfg, retraining.task)
     # In a directory of its own, so runs may overlap; its outputs go to the stable paths once it has registered
     # (and to params.yaml's DVC stages when it is the run params.yaml describes).
     with open_run(cfg, label=_flow_run_label(), params_path=params_path) as run:
         fetch_task(run.cfg)
         validate_task(run.cfg)
         prepare_task(run.cfg)
-        trained = train_task(run.cfg)
+        trained = train_task(run.cfg, tags=retraining.tags() if retraining else None)
         metrics = evaluate_task(run.cfg)
         registered = register_task(run.cfg)
         run_dir = publish_task(run)
+        evaluation = json.loads((TaskPaths.of(run.cfg).eval_dir / "evaluation.json").read_text())
     result = {"train": trained, "test": metrics, "registry": registered, "run_dir": run_dir}
-    if deploy:  # serves the champion, whether or not this run's model became it
+    if retraining is not None:
+        decision = retrain.decision_of(retraining, registered, evaluation, trained["run_id"], feedback)
+        result["retraining"] = _recorded(cfg, decision, feedback)
+    if deploy:  # serves the champion (and the challenger the canary tries), whether or not this run's model won
         result["serving"] = deploy_task(cfg)
     return result
+
+
+def _recorded(cfg, decision, feedback) -> dict[str, Any]:
+    """The retraining decision in MLflow, as the Prefect artifact `retrain-<task>` and as the event
+    `modelyard.retrain.decided`, related to the event that caused it."""
+    from dataclasses import asdict
+
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.events import emit_event
+
+    from modelyard.monitoring import retraining as retrain
+
+    run_id = retrain.record(cfg, decision, feedback)
+    create_markdown_artifact(decision.markdown(), key=f"retrain-{decision.task.lower()}",
+                             description=f"{decision.task}: {decision.decision}")
+    emit_event(event=retrain.DECIDED_EVENT,
+               resource={"prefect.resource.id": f"modelyard.task.{decision.task}", "modelyard.task": decision.task,
+                         "modelyard.decision": decision.decision},
+               related=[{"prefect.resource.id": f"prefect.event.{decision.event_id}",
+                         "prefect.resource.role": "cause", "prefect.resource.name": decision.event}],
+               payload=asdict(decision) | {"mlflow_run_id": run_id})
+    get_run_logger().warning("retraining of %s asked for by %s: %s (%s)", decision.task, decision.event,
+                             decision.decision, decision.reason)
+    return asdict(decision) | {"mlflow_run_id": run_id, "feedback": feedback}
 
 
 def _flow_run_label() -> str | None:

@@ -3,8 +3,13 @@
     POST /predict   what the model's modality reads (its codec: an image file in a multipart form, JSON texts,
                     JSON series) -> {"label", "index", "scores", ..., "model": {"name", "version"}}
     GET  /health    {"status": "ok", "model": {...}}
-    GET  /model     name, version, run id and test metrics of the version served, the canary's challenger,
-                    traffic per version, and the version each replica serves
+    GET  /model     name, version, run id and test metrics of the version served, its model card ("card":
+                    data, metrics per class, ONNX parity, latency, refused inputs, how to call it, lineage;
+                    null for versions registered before cards), the canary's challenger, traffic per version,
+                    and the version each replica serves
+    POST /feedback  {"request_id", "item", "label"} (or {"feedback": [...]}): the true label of an answered
+                    input, by the request id its answer came with -> 202 {"accepted": n}; a label that is not
+                    one of the model's classes is 422 (modelyard.monitoring.feedback)
 
 What a usable input is and how it becomes the model's is modelyard's (the codec and the Predictor); this
 module maps HTTP to them. Bad input gets a 4xx JSON body {"error": <code>, "detail": <message>}.
@@ -15,6 +20,7 @@ module maps HTTP to them. Bad input gets a 4xx JSON body {"error": <code>, "deta
 import asyncio
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -28,8 +34,9 @@ from ray import serve
 from modelyard.inference import InvalidInputError, Predictor
 from modelyard.modalities import Codec, Limits
 from modelyard.registry import tracking, versions
+from modelyard.registry.card import read_card
 from serving import placement, protocol
-from serving.openapi import AUTH_ERROR, PREDICT_ERRORS, document
+from serving.openapi import AUTH_ERROR, FEEDBACK_ERRORS, MAX_FEEDBACK, PREDICT_ERRORS, document
 from serving.settings import AppSettings
 from serving.traffic import TrafficCounter, TrafficStats
 from serving.traffic_log import TrafficLog
@@ -37,6 +44,8 @@ from serving.traffic_log import TrafficLog
 log = logging.getLogger("modelyard.serving")
 
 MAX_ITEMS_PER_REQUEST = 64
+FEEDBACK_BODY_BYTES = 512 * 1024
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 api = FastAPI(title="modelyard", description="Predictions from the promoted (champion) model in the MLflow registry.",
               version="1")
@@ -72,6 +81,48 @@ async def _timed(awaitable: Any) -> tuple[Any, float]:
     return result, (time.perf_counter() - start) * 1e3
 
 
+def _labels(body: bytes, classes: list[str], version: str) -> list[dict[str, Any]]:
+    """The label rows of a feedback body, every one checked; InvalidInputError names the first bad one."""
+    import json
+
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInputError("invalid_json", f"the body is not JSON: {exc}") from None
+    many = isinstance(doc, dict) and "feedback" in doc
+    if many and set(doc) != {"feedback"}:
+        raise InvalidInputError("invalid_feedback", "a body with 'feedback' has nothing else")
+    entries = doc["feedback"] if many else [doc]
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_FEEDBACK:
+        raise InvalidInputError("invalid_feedback", f"'feedback' must be a list of 1 to {MAX_FEEDBACK} labels")
+    now, rows = time.time(), []
+    for n, entry in enumerate(entries):
+        where = f"feedback[{n}]" if many else "the body"
+        if not isinstance(entry, dict) or set(entry) - {"request_id", "item", "label"}:
+            raise InvalidInputError("invalid_feedback", f"{where} must be an object with request_id, label and "
+                                                        "optionally item")
+        request_id, item, label = entry.get("request_id"), _whole(entry.get("item", 0)), _whole(entry.get("label"))
+        if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+            raise InvalidInputError("invalid_feedback", f"{where}: request_id must be the X-Request-ID an answer "
+                                                        "came with (1-128 of A-Z a-z 0-9 . _ : -)")
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < MAX_ITEMS_PER_REQUEST:
+            raise InvalidInputError("invalid_feedback", f"{where}: item must be the input's place in its request, "
+                                                        f"0 to {MAX_ITEMS_PER_REQUEST - 1}")
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(classes):
+            label = classes[label]
+        if not isinstance(label, str) or label not in classes:
+            raise InvalidInputError("unknown_label", f"{where}: label {label!r} is not one of the model's classes "
+                                                     f"({', '.join(classes)}) or their numbers 0-{len(classes) - 1}")
+        rows.append({"time": now, "request_id": request_id, "item": item, "label": label,
+                     "index": classes.index(label), "version": version})
+    return rows
+
+
+def _whole(value: Any) -> Any:
+    """JSON's 2.0 is the integer 2 (JSON Schema says so too)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 @serve.deployment(name="ModelServer", max_ongoing_requests=64, health_check_period_s=5)
 @serve.ingress(api)
 class ModelServer:
@@ -90,7 +141,8 @@ class ModelServer:
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._placement = placement.PlacementCheck(settings.serve.rebalance_every_s, settings.serve.replica_cpus)
         self._log = TrafficLog(settings.traffic_dir, settings.model_name, self._replica_id,
-                               settings.serve.traffic_log.sample) if settings.traffic_dir else None
+                               settings.serve.traffic_log.sample,
+                               settings.serve.traffic_log.keep_inputs) if settings.traffic_dir else None
         self._stats = TrafficStats.options(
             name=f"modelyard-traffic-{settings.model_name}", namespace="modelyard", get_if_exists=True,
             lifetime="detached").remote()
@@ -115,7 +167,8 @@ class ModelServer:
             if self.champion is None or self.champion.version != champion:
                 self.champion = self._load(champion)
                 log.warning("serving %s v%s", self.settings.model_name, champion)
-                document(getattr(self, "_asgi_app", api), self.champion.codec, bool(self.settings.auth_token))
+                document(getattr(self, "_asgi_app", api), self.champion.codec, bool(self.settings.auth_token),
+                         self.champion.predictor.labels, MAX_ITEMS_PER_REQUEST)
             if not challenger or str(challenger) == champion or self.settings.serve.canary.share <= 0:
                 self.challenger = None
             elif self.challenger is None or self.challenger.version != str(challenger):
@@ -126,13 +179,14 @@ class ModelServer:
         with versions.fetched_model_dir(s.tracking_uri, s.model_name, version=version) as (model_dir, mv):
             # weights (and the ONNX session) now in memory; the download is removed after this block
             predictor = Predictor.from_dir(model_dir, backend=s.serve.backend, threads=s.threads)
+            card = read_card(model_dir, mv.version)  # None for versions registered before model cards
         run = tracking.get_run(s.tracking_uri, mv.run_id) if mv.run_id else {"metrics": {}}
         codec = predictor.spec.modality.codec(predictor.preprocessor,
                                               Limits(s.serve.max_upload_bytes, MAX_ITEMS_PER_REQUEST))
         info = {
             "name": s.model_name, "version": mv.version, "alias": s.registry.champion_alias, "aliases": mv.aliases,
             "run_id": mv.run_id, "source": mv.source, "labels": predictor.labels, "modality": predictor.spec.modality.name,
-            "backend": predictor.backend, "backend_note": predictor.backend_note,
+            "backend": predictor.backend, "backend_note": predictor.backend_note, "card": card,
             "test_metrics": {k.removeprefix("test/"): v for k, v in run["metrics"].items()
                              if k.startswith("test/") and "/f1/" not in k},
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -204,7 +258,7 @@ class ModelServer:
             answers = list(await asyncio.gather(*(self._champion_batch(x) for x in items)))
             latency = (time.perf_counter() - start) * 1e3
             self._traffic.count(answers[0]["model"]["version"], latency)
-            return self._recorded(answers, request_id, latency)
+            return self._recorded(answers, request_id, latency, items)
         (mine, t_mine), (theirs, t_theirs) = await asyncio.gather(
             _timed(asyncio.gather(*(self._champion_batch(x) for x in items))),
             _timed(asyncio.gather(*(self._challenger_batch(x) for x in items))))
@@ -212,13 +266,15 @@ class ModelServer:
         self._traffic.count(theirs[0]["model"]["version"], t_theirs,
                             agreed=all(a["index"] == b["index"] for a, b in zip(mine, theirs)))
         answered, latency = (list(theirs), t_theirs) if canary.mode == "split" else (list(mine), t_mine)
-        return self._recorded(answered, request_id, latency)
+        return self._recorded(answered, request_id, latency, items)
 
-    def _recorded(self, answers: list[dict[str, Any]], request_id: str, latency_ms: float) -> list[dict[str, Any]]:
-        """`answers` without their embeddings, which go to the traffic log (when this request is sampled)."""
+    def _recorded(self, answers: list[dict[str, Any]], request_id: str, latency_ms: float,
+                  items: list[Any]) -> list[dict[str, Any]]:
+        """`answers` without their embeddings, which go to the traffic log with the inputs (when this request
+        is sampled)."""
         embeddings = [a.pop("_embedding", None) for a in answers]
         if self._log is not None and self._log.wants():
-            self._log.add(answers, embeddings, request_id, latency_ms)
+            self._log.add(answers, embeddings, request_id, latency_ms, items)
         return answers
 
     # ---- routes --------------------------------------------------------------------------------------
@@ -266,6 +322,36 @@ class ModelServer:
             return JSONResponse(protocol.answer(answered, many), headers=headers)
         except InvalidInputError as exc:
             return protocol.error(exc.code, exc.message, codec.statuses)
+
+
+    @api.post("/feedback", status_code=202, responses=FEEDBACK_ERRORS,
+              summary="The true label of an answered input, by its answer's X-Request-ID")
+    async def feedback(self, request: Request) -> Any:
+        if denied := protocol.unauthorized(request, self.settings.auth_token):
+            return denied
+        champion = self.champion
+        if champion is None:
+            return protocol.error("not_ready", "the model is still loading")
+        if self.settings.traffic_dir is None:
+            return protocol.error("no_traffic_log", "this server keeps no traffic log to join labels with",
+                                  {"no_traffic_log": 409})
+        if too_large := protocol.declared_too_large(request, FEEDBACK_BODY_BYTES):
+            return too_large
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return protocol.error("not_json", "send the labels as application/json", {"not_json": 415})
+        body = await protocol.read_body(request, FEEDBACK_BODY_BYTES, self.settings.serve.body_timeout_s)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            records = _labels(body, champion.predictor.labels, champion.version)
+        except InvalidInputError as exc:
+            return protocol.error(exc.code, exc.message, {"invalid_json": 400, "invalid_feedback": 422,
+                                                          "unknown_label": 422})
+        from modelyard.monitoring.feedback import write_labels
+
+        await asyncio.to_thread(write_labels, self.settings.traffic_dir, self.settings.model_name, records,
+                                self._replica_id)
+        return JSONResponse({"accepted": len(records), "task": self.settings.model_name}, status_code=202)
 
 
 def build_app(settings: AppSettings, version: str, *, challenger: str | None = None):

@@ -23,9 +23,40 @@ PREDICT_ERRORS = {
     503: {"description": "the model is still loading", "content": ERROR_BODY},
     **AUTH_ERROR,
 }
+FEEDBACK_ERRORS = {
+    400: {"description": "the body is not JSON", "content": ERROR_BODY},
+    408: PREDICT_ERRORS[408],
+    409: {"description": "this server keeps no traffic log (serve.traffic_log.enabled is off)", "content": ERROR_BODY},
+    413: {"description": "body over 512 KiB", "content": ERROR_BODY},
+    415: {"description": "not application/json", "content": ERROR_BODY},
+    422: {"description": "a label that is not one of the model's classes, a malformed request id or item, or "
+                         "more than 1000 labels", "content": ERROR_BODY},
+    503: PREDICT_ERRORS[503],
+    **AUTH_ERROR,
+}
+MAX_FEEDBACK = 1000  # labels in one POST /feedback
+ACCEPTED = {"application/json": {"schema": {
+    "type": "object", "required": ["accepted", "task"],
+    "properties": {"accepted": {"type": "integer", "description": "labels recorded"},
+                   "task": {"type": "string"}}}}}
 
 
-def document(app: FastAPI, codec: Codec, secured: bool) -> None:
+def feedback_body(labels: list[str], max_items: int, max_labels: int) -> dict[str, Any]:
+    """POST /feedback's body: one label, or a list of them under `feedback`."""
+    one = {"type": "object", "required": ["request_id", "label"], "additionalProperties": False, "properties": {
+        "request_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+                       "description": "the X-Request-ID header of the answer"},
+        "item": {"type": "integer", "minimum": 0, "maximum": max_items - 1, "default": 0,
+                 "description": "the input's place in its request (texts and series may send several)"},
+        "label": {"oneOf": [{"type": "string", "enum": list(labels)},
+                            {"type": "integer", "minimum": 0, "maximum": len(labels) - 1}],
+                  "description": "the true class, by name or number"}}}
+    many = {"type": "object", "required": ["feedback"], "additionalProperties": False, "properties": {
+        "feedback": {"type": "array", "items": one, "minItems": 1, "maxItems": max_labels}}}
+    return {"required": True, "content": {"application/json": {"schema": {"oneOf": [one, many]}}}}
+
+
+def document(app: FastAPI, codec: Codec, secured: bool, labels: list[str] | None = None, max_items: int = 64) -> None:
     """Make this replica's /openapi.json describe the body its model reads and its limits.
 
     Every task runs the same ingress, and each replica holds its own copy of the FastAPI app (Serve freezes
@@ -36,6 +67,12 @@ def document(app: FastAPI, codec: Codec, secured: bool) -> None:
     schema: dict[str, Any] = get_openapi(title=app.title, version=app.version,
                                          description=f"{app.description} {codec.summary()}", routes=app.routes)
     schema["paths"]["/predict"]["post"]["requestBody"] = codec.request_body()
+    if labels and "/feedback" in schema["paths"]:
+        feedback = schema["paths"]["/feedback"]["post"]
+        feedback["requestBody"] = feedback_body(labels, max_items, MAX_FEEDBACK)
+        feedback["responses"]["202"] = {"description": "recorded; joined with the traffic log when the feedback set is "
+                                                       "built (an id it does not hold is left out then)",
+                                        "content": ACCEPTED}
     if secured:
         schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         schema["security"] = [{"bearer": []}]

@@ -19,8 +19,9 @@ MAX_BUFFERED = 100_000  # rows held when writing keeps failing (a full disk): th
 
 
 class TrafficLog:
-    def __init__(self, directory: str, task: str, replica: str, sample: float) -> None:
+    def __init__(self, directory: str, task: str, replica: str, sample: float, keep_inputs: bool = True) -> None:
         self.directory, self.task, self.replica, self.sample = Path(directory), task, replica, sample
+        self.keep_inputs = keep_inputs
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.written = 0
@@ -28,9 +29,11 @@ class TrafficLog:
     def wants(self) -> bool:
         return self.sample >= 1.0 or random.random() < self.sample
 
-    def add(self, answers: list[dict[str, Any]], embeddings: list[Any], request_id: str, latency_ms: float) -> None:
+    def add(self, answers: list[dict[str, Any]], embeddings: list[Any], request_id: str, latency_ms: float,
+            inputs: list[Any] | None = None) -> None:
         new = profile.rows(answers, embeddings, task=self.task, version=answers[0]["model"]["version"],
-                           request_id=request_id, latency_ms=latency_ms)
+                           request_id=request_id, latency_ms=latency_ms,
+                           inputs=inputs if self.keep_inputs else None)
         with self._lock:
             self._rows.extend(new)
             del self._rows[:-MAX_BUFFERED]

@@ -78,6 +78,10 @@ class DataConfig(_Section):
     resident_max_mb: int = Field(2048, ge=1, description="Largest training split (MB of arrays) kept resident.")
     train_limit: int | None = Field(None, gt=0, description="Keep only the first N training rows; null: all.")
     test_limit: int | None = Field(None, gt=0, description="Keep only the first N test rows; null: all.")
+    feedback: str | None = Field(
+        None, description="A feedback data set (labelled served traffic, built by `modelyard feedback build` or the "
+                          "retraining run): its `train` rows join the training split, its `holdout` rows are scored "
+                          "apart; the test split stays the dataset's own. null: none.", json_schema_extra=PATH_FIELD)
 
     @field_validator("dataset")
     @classmethod
@@ -302,6 +306,8 @@ class TrafficLogConfig(_Section):
     dir: str | None = Field(None, description="Where the batches go; null: <paths.artifacts_dir>/traffic. On a "
                                               "cluster a directory every node can write to.")
     flush_every_s: float = Field(5.0, gt=0, description="Seconds between a replica's batches.")
+    keep_inputs: bool = Field(True, description="Keep each recorded request's input (the decoded image, text or "
+                                                "series) with its row, so labels posted to /feedback can train.")
 
 
 class ServeConfig(_Section):
@@ -363,6 +369,30 @@ class ServeConfig(_Section):
         return f"{self.route_prefix}{model_name}"
 
 
+class RetrainConfig(_Section):
+    """When the monitor asks for a retraining run (its events trigger the training deployment)."""
+
+    on_drift: bool = Field(True, description="Drift in a monitor run emits modelyard.drift.detected.")
+    min_new_labels: int = Field(200, ge=1, description="Labels posted since the champion was registered that emit "
+                                                       "modelyard.feedback.ready.")
+    accuracy_drop: float = Field(0.05, gt=0, le=1, description="Live accuracy this far under the champion's test "
+                                                               "accuracy emits modelyard.accuracy.dropped ...")
+    min_labelled: int = Field(50, ge=1, description="... once the window holds this many labelled requests.")
+    cooldown_min: float = Field(60.0, ge=0, description="A task retrained (or refused) less than this long ago is not "
+                                                        "retrained again; the skip is recorded.")
+    holdout_share: float = Field(0.2, ge=0, lt=1, description="Share of the feedback kept out of training and "
+                                                              "scored on its own (fixed per request id).")
+
+
+class MonitorConfig(_Section):
+    """The monitor flow's defaults (its form may change them per run)."""
+
+    window_min: float = Field(60.0, gt=0, description="Minutes of traffic compared with the reference.")
+    min_requests: int = Field(50, ge=1, description="Fewer requests in the window test nothing.")
+    alpha: float = Field(0.01, gt=0, lt=1, description="Significance, Bonferroni-corrected over the tests run.")
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+
+
 class PathsConfig(_Section):
     """Where a run reads and writes (see modelyard.paths). Not offered by the Prefect form: a flow run's
     paths are its run directory's."""
@@ -373,7 +403,7 @@ class PathsConfig(_Section):
     local_source_dir: str | None = Field(None, description="Your copy of a dataset's raw files, for source `local`.")
 
 
-SECTIONS = ("data", "validate", "prepare", "model", "train", "evaluate", "registry", "serve", "paths")
+SECTIONS = ("data", "validate", "prepare", "model", "train", "evaluate", "registry", "serve", "monitor", "paths")
 
 
 class PipelineConfig(BaseModel):
@@ -390,6 +420,7 @@ class PipelineConfig(BaseModel):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
 
     @field_validator("recipe")

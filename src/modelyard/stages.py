@@ -61,6 +61,7 @@ def train(cfg: PipelineConfig, *, track: bool = True, ray_address: str | None = 
             "modelyard.recipe": cfg.recipe or "", "modelyard.task": cfg.task_name,
             "modelyard.outputs": str(paths.task_dir.resolve())} | (tags or {}))
         log.info("MLflow run %s at %s", run_id, uri)
+        tracking.log_config(uri, run_id, cfg)
     try:
         result = ray_train(cfg, family, paths.dataset_dir, paths.prepared_dir, paths.train_dir, run_id=run_id,
                            sink=tracking.RunLogger(uri, run_id) if run_id else None, ray_address=ray_address)

@@ -56,3 +56,26 @@ def record_in_dvc(cfg: PipelineConfig, params_path: str | os.PathLike[str]) -> s
     if proc.returncode != 0:
         raise RuntimeError(f"dvc commit failed: {(proc.stderr or proc.stdout).strip()[-800:]}")
     return f"recorded in DVC: dvc commit of {', '.join(STAGES)} in {root}"
+
+
+def add_to_dvc(path: str | os.PathLike[str]) -> dict[str, str]:
+    """`dvc add` a data directory in the DVC project it lies in (the nearest directory above with `.dvc/`), so
+    its contents are in the cache and its `.dvc` file names them; `dvc push` stores them on the remote. Returns
+    what was done: {"status": "added", "dvc_file", "md5"} or {"status": "not_added", "reason"}."""
+    import yaml
+
+    path = Path(path).resolve()
+    root = next((p for p in path.parents if (p / ".dvc").is_dir()), None)
+    if root is None:
+        return {"status": "not_added", "reason": f"{path} is in no DVC project"}
+    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
+    if dvc is None:
+        return {"status": "not_added", "reason": "no dvc executable beside this Python or on PATH"}
+    proc = subprocess.run([dvc, "add", str(path.relative_to(root))], cwd=root, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc add {path} failed: {(proc.stderr or proc.stdout).strip()[-800:]}")
+    dvc_file = path.with_name(path.name + ".dvc")
+    md5 = yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
+    log.info("dvc add %s: %s", path, md5)
+    return {"status": "added", "dvc_file": str(dvc_file), "md5": md5}

@@ -143,3 +143,55 @@ def test_the_monitor_flow_records_the_drift_in_mlflow_and_prefect_and_emits_the_
         time.sleep(1)
     assert [e["resource"]["modelyard.task"] for e in events] == [TASK]
     assert events[0]["id"] == result["event_id"] and events[0]["payload"]["version"] == "1"
+
+
+def test_labels_posted_for_answered_requests_join_their_inputs(served, class_names):
+    from modelyard.monitoring import feedback
+
+    cfg, _, tmp, test = served
+    base = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route(TASK)}"
+    answers = send(cfg, test.images[970:973])
+    ids = [r.headers["x-request-id"] for r in answers]
+    truth = [int(x) for x in test.labels[970:973]]
+    one = requests.post(f"{base}/feedback", json={"request_id": ids[0], "label": class_names[truth[0]]}, timeout=10)
+    assert one.status_code == 202 and one.json() == {"accepted": 1, "task": TASK}
+    many = requests.post(f"{base}/feedback", timeout=10, json={"feedback": [
+        {"request_id": ids[1], "item": 0, "label": truth[1]}, {"request_id": ids[2], "label": class_names[truth[2]]}]})
+    assert many.status_code == 202 and many.json()["accepted"] == 2
+
+    refused = {
+        "unknown_label": requests.post(f"{base}/feedback", json={"request_id": ids[0], "label": "Parrot"}, timeout=10),
+        "label_number": requests.post(f"{base}/feedback", json={"request_id": ids[0], "label": 10}, timeout=10),
+        "request_id": requests.post(f"{base}/feedback", json={"request_id": "a b", "label": 1}, timeout=10),
+        "item": requests.post(f"{base}/feedback", json={"request_id": ids[0], "item": 64, "label": 1}, timeout=10),
+        "extra": requests.post(f"{base}/feedback", json={"request_id": ids[0], "label": 1, "x": 1}, timeout=10),
+        "not_json": requests.post(f"{base}/feedback", data=b"{", headers={"content-type": "application/json"},
+                                  timeout=10),
+        "form": requests.post(f"{base}/feedback", data={"request_id": ids[0]}, timeout=10),
+    }
+    assert {k: r.status_code for k, r in refused.items()} == {
+        "unknown_label": 422, "label_number": 422, "request_id": 422, "item": 422, "extra": 422, "not_json": 400,
+        "form": 415}
+    assert refused["unknown_label"].json()["error"] == "unknown_label"
+    assert "Parrot" in refused["unknown_label"].json()["detail"] and "Ankle boot" in refused["unknown_label"].json()["detail"]
+
+    deadline = time.monotonic() + 30
+    while len(frame := feedback.labelled(tmp / "traffic", TASK)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)  # the answers' rows reach the log within a flush
+    frame = frame.set_index("request_id")
+    assert [int(frame.loc[i, "index"]) for i in ids] == truth  # none of the refused posts was recorded
+    for image, request_id in zip(test.images[970:973], ids):
+        assert np.array_equal(profile.decode_input(frame.loc[request_id, "input"]), image)
+    assert feedback.live_accuracy(frame.reset_index())["1"]["labelled"] == 3
+
+
+def test_schemathesis_finds_nothing_against_predict_and_feedback(served):
+    from helpers.serving import fuzz_openapi
+
+    cfg, _, tmp, _ = served
+    schema = requests.get(f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route(TASK)}/openapi.json",
+                          timeout=10).json()
+    label = schema["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]
+    assert "Ankle boot" in label["properties"]["label"]["oneOf"][0]["enum"]
+    done = fuzz_openapi(f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route(TASK)}", tmp)
+    assert done.returncode == 0, done.stdout[-4000:]

@@ -78,8 +78,9 @@ def split_sha256(dataset_dir: str | os.PathLike[str], split: Split) -> str:
 
 
 def write_dataset(dataset_dir: str | os.PathLike[str], splits: dict[str, Split], classes: list[str], *,
-                  source: str, name: str, modality: str) -> Path:
-    """Write a dataset atomically: a reader sees the old complete copy or the new complete copy."""
+                  source: str, name: str, modality: str, extra: dict[str, Any] | None = None) -> Path:
+    """Write a dataset atomically: a reader sees the old complete copy or the new complete copy. `extra`:
+    more for dataset.json (what feedback joined the training split)."""
     dataset_dir = Path(dataset_dir)
     kind = get_modality(modality)
     dataset_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,7 @@ def write_dataset(dataset_dir: str | os.PathLike[str], splits: dict[str, Split],
     staging.chmod(0o755)
     try:
         meta: dict[str, Any] = {"format": FORMAT, "name": name, "modality": modality, "classes": list(classes),
-                                "source": source, "splits": {}}
+                                "source": source, "splits": {}, **(extra or {})}
         for split, data in splits.items():
             extra = kind.write_split(staging / f"{split}{kind.file_suffix}", data)
             meta["splits"][split] = {"count": len(data), "sha256": kind.split_sha256(data), **extra}

@@ -7,17 +7,21 @@ Which sources a dataset has, and how its raw files are read, is the dataset's ow
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from filelock import FileLock
 
 from modelyard.config import DataConfig
-from modelyard.data.dataset import read_metadata, replace_dir, write_dataset
+from modelyard.data.dataset import load_split, read_metadata, replace_dir, write_dataset
 from modelyard.data.datasets import DatasetSpec, SourceContext, get_dataset
+from modelyard.modalities import get_modality
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +53,45 @@ def fetch_dataset(cfg: DataConfig, dataset_dir: Path, raw_dir: Path, *, local_di
         for split, data in full.items():
             limit = cfg.train_limit if split == "train" else cfg.test_limit
             splits[split] = data if limit is None else data.take(slice(0, limit))
-        write_dataset(dataset_dir, splits, list(spec.classes), source=origin, name=spec.name, modality=spec.modality)
+        extra = {}
+        if cfg.feedback:
+            splits["train"], extra["feedback"] = with_feedback(splits["train"], Path(cfg.feedback), spec)
+        write_dataset(dataset_dir, splits, list(spec.classes), source=origin, name=spec.name, modality=spec.modality,
+                      extra=extra)
         (dataset_dir / "limits.txt").write_text(_limits(cfg))
     log.info("wrote %s: %s", dataset_dir, {k: len(v) for k, v in splits.items()})
     return dataset_dir
 
 
 def _limits(cfg: DataConfig) -> str:
-    return f"train_limit={cfg.train_limit}\ntest_limit={cfg.test_limit}\n"
+    text = f"train_limit={cfg.train_limit}\ntest_limit={cfg.test_limit}\n"
+    if cfg.feedback:  # which feedback, by its contents: a rebuilt set is a new cut
+        text += f"feedback={_feedback_hash(Path(cfg.feedback))}\n"
+    return text
+
+
+def _feedback_hash(feedback_dir: Path) -> str:
+    meta = read_metadata(feedback_dir)
+    return hashlib.sha256(json.dumps(meta["splits"], sort_keys=True).encode()).hexdigest()
+
+
+def with_feedback(train: Any, feedback_dir: Path, spec: DatasetSpec) -> tuple[Any, dict[str, Any]]:
+    """The training split with the feedback set's `train` rows after its own, and what dataset.json records of
+    them. The feedback set must be of this dataset's modality and classes."""
+    meta = read_metadata(feedback_dir)
+    if meta.get("modality") != spec.modality or list(meta.get("classes", [])) != list(spec.classes):
+        raise FetchError(f"the feedback set at {feedback_dir} ({meta.get('name')}: {meta.get('modality')}, "
+                         f"{len(meta.get('classes', []))} classes) does not fit {spec.name} ({spec.modality}, "
+                         f"{len(spec.classes)} classes)")
+    info = {"path": str(feedback_dir.resolve()), "name": meta.get("name"), "sha256": _feedback_hash(feedback_dir),
+            "train_rows": 0, "holdout_rows": meta["splits"].get("holdout", {}).get("count", 0)}
+    if "train" not in meta["splits"]:
+        return train, info
+    rows = load_split(feedback_dir, "train")
+    kind = get_modality(spec.modality)
+    merged = kind.make_split([*train.inputs, *rows.inputs], np.concatenate([train.labels, rows.labels]))
+    log.info("%d feedback rows from %s join the %d training rows", len(rows), feedback_dir, len(train))
+    return merged, info | {"train_rows": len(rows)}
 
 
 def is_current(dataset_dir: Path, cfg: DataConfig) -> bool:

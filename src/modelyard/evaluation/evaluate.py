@@ -43,6 +43,18 @@ def score_model_dir(model_dir: str | os.PathLike[str], dataset_dir: str | os.Pat
     return _score(model_dir, dataset_dir, split, batch_size)[0]
 
 
+def feedback_holdout(model_dir: Any, meta: dict[str, Any], batch_size: int = 256) -> dict[str, Any] | None:
+    """Accuracy on the held-out share of the feedback set the training split took rows from (`dataset.json`'s
+    `feedback`), reported apart from the test split's; None without one."""
+    feedback = meta.get("feedback") or {}
+    if not feedback.get("holdout_rows"):
+        return None
+    scored = score_model_dir(model_dir, feedback["path"], "holdout", batch_size)
+    log.info("feedback holdout accuracy %.4f on %d rows", scored["accuracy"], scored["count"])
+    return {"accuracy": scored["accuracy"], "count": scored["count"], "sha256": feedback["sha256"],
+            "train_rows": feedback["train_rows"]}
+
+
 def _score(model_dir: Any, dataset_dir: Any, split: str, batch_size: int) -> tuple[dict[str, Any], np.ndarray, Split]:
     predictor = Predictor.from_dir(model_dir)
     data = load_split(dataset_dir, split)
@@ -72,7 +84,10 @@ def evaluate(model_dir: str | os.PathLike[str], dataset_dir: str | os.PathLike[s
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     metrics_file.write_text(json.dumps({"test": result.summary}, indent=2) + "\n")
     (out / "per_class.json").write_text(json.dumps(metrics["per_class"], indent=2) + "\n")
-    (out / "evaluation.json").write_text(json.dumps({"test_set_sha256": result.test_set_sha256, **metrics}, indent=2) + "\n")
+    feedback = feedback_holdout(model_dir, meta, batch_size)
+    (out / "evaluation.json").write_text(json.dumps({"test_set_sha256": result.test_set_sha256, **metrics,
+                                                     **({"feedback_holdout": feedback} if feedback else {})},
+                                                    indent=2) + "\n")
     plot_confusion_matrix(np.array(metrics["confusion_matrix"]), labels, out / "confusion_matrix.png",
                           title=f"{meta['name']} test: accuracy {metrics['accuracy']:.4f}")
     history = json.loads(Path(history_path).read_text()) if history_path and Path(history_path).is_file() else None

@@ -167,6 +167,12 @@ class Codec(ABC):
     def summary(self) -> str:
         """One line for the OpenAPI description: what to send and its limits."""
 
+    @abstractmethod
+    def refusals(self) -> dict[str, str]:
+        """Each error code a request can meet (a key of `statuses`) -> why it is refused, in one line with the
+        limits: the list a model card gives. A request body over the limit is refused by the server before
+        any codec reads it (`body_too_large`); it is in every codec's list."""
+
 
 class Modality(ABC):
     """Everything about one kind of input that shared code needs."""
@@ -190,6 +196,10 @@ class Modality(ABC):
     @abstractmethod
     def split_sha256(self, split: Split) -> str:
         """A hash of the contents, independent of how the file was written."""
+
+    @abstractmethod
+    def make_split(self, inputs: list[Any], labels: Any) -> Split:
+        """A split of these inputs (as `Split.inputs` holds them, one per row) and integer labels."""
 
     # ---- validation ---------------------------------------------------------------------------------
 

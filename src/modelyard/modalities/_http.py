@@ -13,6 +13,14 @@ from modelyard.modalities import InvalidInputError
 STATUSES = {"not_json": 415, "bad_encoding": 400, "bad_json": 400, "not_multipart": 415, "bad_form": 400,
             "missing_file": 422, "unexpected_field": 422, "body_too_large": 413}
 MAX_FORM_PARTS = 8
+# Why each is refused, one line for a model card, split by the body they apply to.
+JSON_REFUSALS = {"not_json": "the request does not say content-type application/json",
+                 "bad_encoding": "the body is not UTF-8", "bad_json": "the body is not a JSON object"}
+FORM_REFUSALS = {"not_multipart": "the request is not a multipart/form-data upload",
+                 "bad_form": "the form cannot be read (no boundary, a broken or unfinished part, over "
+                             f"{MAX_FORM_PARTS} parts)",
+                 "missing_file": "the form has no file in the expected field",
+                 "unexpected_field": "the form holds fields beside the file"}
 
 
 def media_type(content_type: str) -> str:

@@ -4,7 +4,10 @@
 
 Reads the window from the traffic log, the reference from the version's registered artifacts, runs
 `drift.compare`, and writes `report.json`, `report.md` and `drift.png` (the distributions side by side) to
-`out_dir`. With too little traffic in the window it says so and tests nothing.
+`out_dir`. With too little traffic in the window it says so and tests nothing. Where callers posted labels
+(modelyard.monitoring.feedback) it adds the live accuracy per version served in the window, and counts the
+labels posted since the version was registered. `reasons` lists what asks for a retraining run, by the
+name of the event the monitor flow emits for it.
 """
 
 from __future__ import annotations
@@ -14,14 +17,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelyard.monitoring import drift, profile
+from modelyard.config import RetrainConfig
+from modelyard.monitoring import drift, feedback, profile
+
+DRIFT_EVENT = "modelyard.drift.detected"
+LABELS_EVENT = "modelyard.feedback.ready"
+ACCURACY_EVENT = "modelyard.accuracy.dropped"
+EVENTS = (DRIFT_EVENT, LABELS_EVENT, ACCURACY_EVENT)
 
 
 def monitor_task(tracking_uri: str, task: str, traffic_dir: str | Path, out_dir: str | Path, *,
                  version: str | None = None, champion_alias: str = "champion", window_s: float = 3600.0,
-                 since: float | None = None, min_rows: int = 50, alpha: float = 0.01) -> dict[str, Any]:
+                 since: float | None = None, min_rows: int = 50, alpha: float = 0.01,
+                 retrain: RetrainConfig | None = None) -> dict[str, Any]:
     """The drift of `task`'s served `version` (its champion's when None) over the last `window_s` seconds (or
-    since the UTC time `since`)."""
+    since the UTC time `since`), its live accuracy, and the reasons to retrain it (`retrain`'s thresholds)."""
     import pandas as pd
 
     from modelyard.registry import versions
@@ -51,9 +61,62 @@ def monitor_task(tracking_uri: str, task: str, traffic_dir: str | Path, out_dir:
         report = drift.compare(reference, window, alpha=alpha)
         result |= {"status": "drift" if report.drifted else "ok", **report.to_dict()}
         plot(reference, window, report, out_dir / "drift.png", title=f"{task} v{version}")
+    result |= _labels(traffic_dir, task, since, found.created, found.tags)
+    result["reasons"] = reasons(result, retrain or RetrainConfig())
     (out_dir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "report.md").write_text(markdown(result))
     return result
+
+
+def monitor_all(cfg: Any, tasks: list[str] | None = None, *, window_s: float | None = None,
+                min_rows: int | None = None, alpha: float | None = None) -> list[dict[str, Any]]:
+    """A monitor run of every task with a champion (or of `tasks`), by `cfg`'s `monitor` section unless given:
+    each result recorded in MLflow with its report under `<artifacts>/monitor/<task>/<UTC time>/`. A task that
+    cannot be monitored (no champion, no reference profile) gets status `not_monitored`; the others go on."""
+    from modelyard.registry import versions
+
+    uri, m = cfg.registry.resolved_tracking_uri(), cfg.monitor
+    names = tasks or sorted(mv.name for mv in versions.with_alias(uri, cfg.registry.champion_alias))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    results = []
+    for task in names:
+        out_dir = Path(cfg.paths.artifacts_dir) / "monitor" / task / stamp
+        try:
+            result = monitor_task(uri, task, cfg.traffic_dir, out_dir, champion_alias=cfg.registry.champion_alias,
+                                  window_s=window_s or m.window_min * 60, min_rows=min_rows or m.min_requests,
+                                  alpha=alpha or m.alpha, retrain=m.retrain)
+        except LookupError as err:
+            results.append({"task": task, "status": "not_monitored", "drifted": False, "reasons": [],
+                            "detail": str(err)})
+            continue
+        result["mlflow_run_id"] = record(uri, result, out_dir)
+        result["report_dir"] = str(out_dir.resolve())
+        results.append(result)
+    return results
+
+
+def _labels(traffic_dir: str | Path, task: str, since: float, registered_at: float,
+            tags: dict[str, str]) -> dict[str, Any]:
+    """Live accuracy per version over the window's labels, and the labels posted since `registered_at`."""
+    window = feedback.labelled(traffic_dir, task, since=since)
+    test_accuracy = tags.get("test.accuracy")
+    return {"live": feedback.live_accuracy(window),
+            "new_labels": len(feedback.read_labels(traffic_dir, task, since=registered_at)),
+            "test_accuracy": float(test_accuracy) if test_accuracy is not None else None}
+
+
+def reasons(result: dict[str, Any], retrain: RetrainConfig) -> list[str]:
+    """The events a monitor result calls for (EVENTS), by `retrain`'s thresholds."""
+    out = []
+    if result.get("drifted") and retrain.on_drift:
+        out.append(DRIFT_EVENT)
+    if result.get("new_labels", 0) >= retrain.min_new_labels:
+        out.append(LABELS_EVENT)
+    live, test = result.get("live", {}).get(result["version"]), result.get("test_accuracy")
+    if live and test is not None and live["labelled"] >= retrain.min_labelled \
+            and live["accuracy"] < test - retrain.accuracy_drop:
+        out.append(ACCURACY_EVENT)
+    return out
 
 
 MONITOR_EXPERIMENT = "monitoring"
@@ -74,6 +137,9 @@ def record(tracking_uri: str, result: dict[str, Any], out_dir: str | Path) -> st
         metrics["monitor/score"] = result["score"]
         metrics |= {f"monitor/{t['name']}/p_value": t["p_value"] for t in result["tests"]}
         metrics |= {f"monitor/{t['name']}/statistic": t["statistic"] for t in result["tests"]}
+    live = result.get("live", {}).get(version)
+    if live:
+        metrics |= {"monitor/live_accuracy": live["accuracy"], "monitor/labelled": live["labelled"]}
     tracking.log_metrics(tracking_uri, run_id, metrics, step=step)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(result["at"]))
     tracking.log_artifacts(tracking_uri, run_id, out_dir, f"reports/{stamp}")
@@ -93,6 +159,14 @@ def markdown(result: dict[str, Any]) -> str:
                   "", "![drift](drift.png)"]
     elif result.get("detail"):
         lines.append(result["detail"])
+    if result.get("live"):
+        test = result.get("test_accuracy")
+        lines += ["", "| version | live accuracy | labelled requests |", "|---|---|---|"]
+        lines += [f"| {v} | {m['accuracy']:.4f} | {m['labelled']} |" for v, m in sorted(result["live"].items())]
+        lines += ["", f"Test accuracy of v{result['version']}: {test:.4f}." if test is not None else ""]
+    lines += ["", f"{result.get('new_labels', 0)} labels posted since v{result['version']} was registered."]
+    if result.get("reasons"):
+        lines += ["", "Retraining asked for: " + ", ".join(f"`{r}`" for r in result["reasons"]) + "."]
     return "\n".join(lines) + "\n"
 
 

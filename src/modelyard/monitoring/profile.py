@@ -3,7 +3,7 @@
 Columns: `time` (UTC, seconds), `request_id`, `item` (the input's place in its request), `task`, `version`,
 `predicted` (class index), `label`, `confidence` (the top score), `scores` (every class's), `latency_ms` (the
 request's), `embedding` (the projected penultimate embedding, `monitoring.embedding`; empty where the model
-or its export has none). Traffic is written in Parquet batches under
+or its export has none), `input` (what the model read, `encode_input`; empty where not kept). Traffic is written in Parquet batches under
 `<traffic dir>/task=<task>/version=<version>/<replica>-<time>.parquet`, a layout pyarrow, pandas, DuckDB and
 Spark read as partitions; the reference profile is `reference.parquet` beside the weights of a registered
 version, computed on the test split it was evaluated on.
@@ -20,13 +20,15 @@ import numpy as np
 
 REFERENCE_FILE = "reference.parquet"
 COLUMNS = ("time", "request_id", "item", "task", "version", "predicted", "label", "confidence", "scores",
-           "latency_ms", "embedding")
+           "latency_ms", "embedding", "input")
 
 
 def rows(predictions: Sequence[Any], embeddings: Sequence[Any] | None, *, task: str, version: str,
-         request_id: str = "", latency_ms: float = float("nan"), at: float | None = None) -> list[dict[str, Any]]:
+         request_id: str = "", latency_ms: float = float("nan"), at: float | None = None,
+         inputs: Sequence[Any] | None = None) -> list[dict[str, Any]]:
     """Rows for one request's (or one reference batch's) answers: `predictions` are `Prediction`s or their
-    dicts, `embeddings` an (N, DIM) array or one array, list or None per answer (None: no embedding)."""
+    dicts, `embeddings` an (N, DIM) array or one array, list or None per answer (None: no embedding),
+    `inputs` the decoded inputs the answers are to (None: not kept)."""
     at = time.time() if at is None else at
     out = []
     for i, p in enumerate(predictions):
@@ -35,8 +37,32 @@ def rows(predictions: Sequence[Any], embeddings: Sequence[Any] | None, *, task: 
         out.append({"time": at, "request_id": request_id, "item": i, "task": task, "version": str(version),
                     "predicted": int(p["index"]), "label": p["label"], "confidence": max(scores),
                     "scores": scores, "latency_ms": float(latency_ms),
-                    "embedding": _listed(embeddings[i]) if embeddings is not None else []})
+                    "embedding": _listed(embeddings[i]) if embeddings is not None else [],
+                    "input": encode_input(inputs[i]) if inputs is not None else b""})
     return out
+
+
+def encode_input(value: Any) -> bytes:
+    """One decoded input as bytes: a text as UTF-8 behind `t`, an array (image, series) as .npy behind `n`."""
+    import io
+
+    if isinstance(value, str):
+        return b"t" + value.encode()
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(value), allow_pickle=False)
+    return b"n" + buffer.getvalue()
+
+
+def decode_input(data: bytes) -> Any:
+    """The input `encode_input` wrote."""
+    import io
+
+    kind, body = data[:1], data[1:]
+    if kind == b"t":
+        return body.decode()
+    if kind == b"n":
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    raise ValueError(f"not an input encode_input wrote (it starts with {data[:8]!r})")
 
 
 def _listed(embedding: Any) -> list[float]:
@@ -52,18 +78,24 @@ def table(records: list[dict[str, Any]]) -> Any:
     schema = pa.schema([("time", pa.float64()), ("request_id", pa.string()), ("item", pa.int32()),
                         ("task", pa.string()), ("version", pa.string()), ("predicted", pa.int32()),
                         ("label", pa.string()), ("confidence", pa.float32()), ("scores", pa.list_(pa.float32())),
-                        ("latency_ms", pa.float32()), ("embedding", pa.list_(pa.float32()))])
+                        ("latency_ms", pa.float32()), ("embedding", pa.list_(pa.float32())),
+                        ("input", pa.binary())])
     return pa.Table.from_pylist(records, schema=schema)
 
 
 def write(records: list[dict[str, Any]], path: str | Path) -> Path:
     """Write `records` to `path` (Parquet) through a temporary name, so a reader never sees half a file."""
+    return write_table(table(records), path)
+
+
+def write_table(data: Any, path: str | Path) -> Path:
+    """A pyarrow table to `path` (Parquet) through a temporary name."""
     import pyarrow.parquet as pq
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    pq.write_table(table(records), partial)
+    pq.write_table(data, partial)
     partial.replace(path)
     return path
 
@@ -83,7 +115,7 @@ def write_reference(model_dir: str | Path, inputs: Any, task: str) -> Path:
                  Path(model_dir) / REFERENCE_FILE)
 
 
-def _written_at(path: Path) -> float:
+def written_at(path: Path) -> float:
     """When a traffic batch was written, from its name (<replica>-<YYYYmmddTHHMMSS.ffffff>.parquet); its mtime
     for a name without it."""
     import calendar
@@ -105,8 +137,10 @@ def read_traffic(traffic_dir: str | Path, task: str, version: str | None = None,
     root = Path(traffic_dir) / f"task={task}"
     files = sorted((root / f"version={version}").glob("*.parquet") if version else root.glob("version=*/*.parquet"))
     if since is not None:  # a batch is named by when it was written, after all its rows: older ones are skipped
-        files = [f for f in files if _written_at(f) >= since]
+        files = [f for f in files if written_at(f) >= since]
     if not files:
         return pd.DataFrame(columns=list(COLUMNS))
     frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+    # batches written before inputs were kept have no such column
+    frame["input"] = [v if isinstance(v, bytes) else b"" for v in frame.get("input", [b""] * len(frame))]
     return frame[frame["time"] >= since].reset_index(drop=True) if since is not None else frame

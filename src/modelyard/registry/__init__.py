@@ -1,5 +1,6 @@
 """The only package that talks to MLflow: runs (`tracking`), model versions (`versions`), promotion
-(`promotion`), the pyfunc face of a model (`pyfunc`) and the register stage (`registration`).
+(`promotion`), the pyfunc face of a model (`pyfunc`), a version's model card (`card`) and the register stage
+(`registration`).
 
 Every function takes the tracking URI explicitly; nothing is set at import. With the embedded default
 (`sqlite:///mlflow/mlflow.db`) artifacts go to `mlflow/artifacts/`, the same place `make up`'s server serves

@@ -71,6 +71,28 @@ def log_artifacts(tracking_uri: str, run_id: str, local_path: str | os.PathLike[
         mlflow.log_artifact(run_id, str(local_path), artifact_path)
 
 
+CONFIG_ARTIFACT = "config/pipeline.json"
+
+
+def log_config(tracking_uri: str, run_id: str, cfg: Any) -> None:
+    """The run's whole configuration as the artifact `config/pipeline.json` (paths aside: they were this
+    machine's), which a retraining of its task starts from (modelyard.monitoring.retraining)."""
+    doc = cfg.model_dump(mode="json", by_alias=True, exclude={"paths"})
+    client(tracking_uri).log_dict(run_id, doc, CONFIG_ARTIFACT)
+
+
+def read_config(tracking_uri: str, run_id: str) -> dict[str, Any] | None:
+    """What `log_config` logged for the run; None for a run without it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="modelyard-config-") as tmp:
+        try:
+            path = client(tracking_uri).download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
+        except Exception:  # a run from before the config was logged, or artifacts not reachable from here
+            return None
+        return json.loads(Path(path).read_text())
+
+
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(tracking_uri).set_terminated(run_id, status=status)
 

@@ -63,6 +63,8 @@ class ModelVersionInfo:
     aliases: list[str]
     tags: dict[str, str]
     source: str
+    description: str = ""  # its model card, in markdown (modelyard.registry.card)
+    created: float = 0.0  # when it was registered (UTC seconds)
 
 
 def get_version(tracking_uri: str, name: str, *, alias: str | None = None, version: str | None = None) -> ModelVersionInfo | None:
@@ -75,7 +77,8 @@ def get_version(tracking_uri: str, name: str, *, alias: str | None = None, versi
     except MlflowException:
         return None
     return ModelVersionInfo(name=name, version=str(mv.version), run_id=mv.run_id, aliases=list(mv.aliases),
-                            tags=dict(mv.tags), source=mv.source)
+                            tags=dict(mv.tags), source=mv.source, description=mv.description or "",
+                            created=(mv.creation_timestamp or 0) / 1000)
 
 
 def with_alias(tracking_uri: str, alias: str) -> list[ModelVersionInfo]:
@@ -94,6 +97,11 @@ def set_version_tags(tracking_uri: str, name: str, version: str, tags: dict[str,
     registry = client(tracking_uri)
     for k, v in tags.items():
         registry.set_model_version_tag(name, version, k, str(v))
+
+
+def set_version_description(tracking_uri: str, name: str, version: str, description: str) -> None:
+    """What the MLflow UI shows on the version's page (markdown)."""
+    client(tracking_uri).update_model_version(name, version, description=description)
 
 
 def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:

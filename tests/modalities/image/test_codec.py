@@ -107,6 +107,12 @@ def test_every_code_the_codec_has_a_status_for_is_exercised():
         {"not_multipart": 415, "body_too_large": 413, "missing_file": 422, "bad_form": 400}
 
 
+def test_the_refusals_a_model_card_lists_are_the_codes_a_request_can_meet(codec):
+    refusals = codec.refusals()
+    assert set(refusals) == set(CODES)
+    assert all(refusals.values()) and f"{LIMIT:,} bytes" in refusals["body_too_large"]
+
+
 def test_the_size_limit_is_on_the_file_not_the_forms_framing(codec, image_bytes):
     assert codec.max_body_bytes == LIMIT + FORM_OVERHEAD
     photo = png(Image.open(io.BytesIO(image_bytes["coat"])).resize((600, 600)).point(lambda v: v ^ 0x33))

@@ -35,7 +35,7 @@ def test_one_series_and_a_batch_decode_to_the_real_frames(vowels, codec):
     assert codec.collate(items) == items
 
 
-@pytest.mark.parametrize(("raw", "content_type", "code"), [
+BAD_BODIES = [
     (b'{"series": [[1, 2]]}', "text/plain", "not_json"),
     (b'{"series": [[1, 2', JSON, "bad_json"),
     (b'\xff\xfe', JSON, "bad_encoding"),
@@ -56,13 +56,23 @@ def test_one_series_and_a_batch_decode_to_the_real_frames(vowels, codec):
     (body({"series": [[False] + [0.0] * 11]}), JSON, "bad_type"),  # JSON's booleans are not numbers
     (body({"series": [["1.5"] + [0.0] * 11]}), JSON, "bad_type"),
     (body({"batch": [[[0.0] * 12], [[None] * 12]]}), JSON, "bad_type"),
-])
+]
+
+
+@pytest.mark.parametrize(("raw", "content_type", "code"), BAD_BODIES)
 def test_every_bad_body_is_refused_with_its_documented_code(codec, raw, content_type, code):
     with pytest.raises(InvalidInputError) as exc:
         codec.check_content_type(content_type)
         codec.decode(raw, content_type)
     assert exc.value.code == code, exc.value.message
     assert 400 <= codec.statuses[code] < 500
+
+
+def test_the_refusals_a_model_card_lists_are_the_codes_a_request_can_meet(codec):
+    refusals = codec.refusals()  # and two no body above reaches: the server's size limit, a (0, C) array
+    assert set(refusals) == {code for _, _, code in BAD_BODIES} | {"body_too_large", "empty_series"}
+    assert set(refusals) <= set(codec.statuses) and all(refusals.values())
+    assert "over 116 frames" in refusals["series_too_long"] and "12 numbers" in refusals["bad_channels"]
 
 
 def test_the_request_body_documents_both_shapes_and_the_limits(codec):

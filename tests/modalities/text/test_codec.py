@@ -91,6 +91,12 @@ def test_every_code_the_codec_has_a_status_for_is_exercised():
         {"not_json": 415, "bad_json": 400, "empty_text": 422, "text_too_long": 413, "too_many_texts": 413}
 
 
+def test_the_refusals_a_model_card_lists_are_the_codes_a_request_can_meet(codec):
+    refusals = codec.refusals()  # and body_too_large, which the server answers before the codec reads the body
+    assert set(refusals) == set(CODES) | {"body_too_large"} and set(refusals) <= set(codec.statuses)
+    assert all(refusals.values()) and f"over {MAX_ITEMS} texts" in refusals["too_many_texts"]
+
+
 def test_the_content_type_is_checked_before_the_body(codec):
     codec.check_content_type("application/json; charset=utf-8")
     with pytest.raises(InvalidInputError) as exc:

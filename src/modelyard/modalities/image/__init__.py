@@ -30,6 +30,10 @@ class ImageModality(Modality):
     def read_split(self, path: Path) -> ImageSplit:
         return read_npz(path)
 
+    def make_split(self, inputs: list[Any], labels: Any) -> ImageSplit:
+        return ImageSplit(images=np.stack([np.asarray(x, dtype=np.uint8) for x in inputs]),
+                          labels=np.asarray(labels, dtype=np.int64))
+
     def split_sha256(self, split: ImageSplit) -> str:
         return array_sha256(split.images, split.labels)
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelyard.modalities import Codec, InvalidInputError
-from modelyard.modalities._http import STATUSES, form_file
+from modelyard.modalities._http import FORM_REFUSALS, STATUSES, form_file
 from modelyard.modalities.image.preprocess import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 
 FIELD = "file"
@@ -53,3 +53,11 @@ class ImageCodec(Codec):
     def summary(self) -> str:
         return (f"Send one image as multipart/form-data in the field '{FIELD}'; files over "
                 f"{self.limits.max_body_bytes:,} bytes get 413.")
+
+    def refusals(self) -> dict[str, str]:
+        return FORM_REFUSALS | {
+            "body_too_large": f"the file is over {self.limits.max_body_bytes:,} bytes",
+            "empty_file": "the file is empty",
+            "not_an_image": "the file is not an image (PNG, JPEG, BMP, GIF, TIFF, WebP) or is cut short",
+            "image_too_small": f"a side of the image is under {MIN_IMAGE_SIDE} px",
+            "image_too_large": f"the image has over {MAX_IMAGE_PIXELS:,} pixels"}

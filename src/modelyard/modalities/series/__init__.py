@@ -34,6 +34,10 @@ class SeriesModality(Modality):
     def read_split(self, path: Path) -> SeriesSplit:
         return read_npz(path)
 
+    def make_split(self, inputs: list[Any], labels: Any) -> SeriesSplit:
+        return SeriesSplit(series=[np.asarray(x, dtype=np.float32) for x in inputs],
+                           labels=np.asarray(labels, dtype=np.int64))
+
     def split_sha256(self, split: SeriesSplit) -> str:
         frames, offsets = stack([np.asarray(s) for s in split.series])
         return array_sha256(frames, offsets, np.asarray(split.labels))

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelyard.modalities import Codec, InvalidInputError
-from modelyard.modalities._http import STATUSES, json_object
+from modelyard.modalities._http import JSON_REFUSALS, STATUSES, json_object
 
 
 class SeriesCodec(Codec):
@@ -65,6 +65,20 @@ class SeriesCodec(Codec):
         return (f'Send JSON {{"series": [[...], ...]}}: 1 to {p.max_length} frames of {p.channels} numbers '
                 f'each, within ±{p.max_abs_value:g}, or {{"batch": [...]}} with 1 to {self.limits.max_items} series; bodies over '
                 f"{self.limits.max_body_bytes:,} bytes get 413.")
+
+    def refusals(self) -> dict[str, str]:
+        p = self.preprocessor
+        return JSON_REFUSALS | {
+            "body_too_large": f"the body is over {self.limits.max_body_bytes:,} bytes",
+            "missing_series": 'the object has neither "series" nor "batch", both, or an empty "batch"',
+            "bad_type": "a series is not a list of frames, or a frame holds strings, booleans or nulls",
+            "bad_shape": "a series is not a grid: frames of different lengths, or no frames at all",
+            "bad_channels": f"the frames do not hold {p.channels} numbers each",
+            "empty_series": "a series has no frames",
+            "series_too_long": f"a series has over {p.max_length} frames",
+            "not_finite": "a value is NaN, infinite or beyond float32's range",
+            "value_out_of_range": f"a value's magnitude is over {p.max_abs_value:g}",
+            "too_many_series": f'"batch" holds over {self.limits.max_items} series'}
 
 
 def _check_numbers(i: int, series: list[Any]) -> None:

@@ -33,6 +33,9 @@ class TextModality(Modality):
     def read_split(self, path: Path) -> TextSplit:
         return read_jsonl(path)
 
+    def make_split(self, inputs: list[Any], labels: Any) -> TextSplit:
+        return TextSplit(texts=[str(x) for x in inputs], labels=np.asarray(labels, dtype=np.int64))
+
     def split_sha256(self, split: TextSplit) -> str:
         return text_sha256(split.texts, split.labels)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from modelyard.modalities import Codec, InvalidInputError
-from modelyard.modalities._http import STATUSES, json_object
+from modelyard.modalities._http import JSON_REFUSALS, STATUSES, json_object
 from modelyard.modalities.text.preprocess import MAX_TEXT_CHARS
 
 TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": r"\S"}
@@ -46,3 +46,13 @@ class TextCodec(Codec):
     def summary(self) -> str:
         return (f'Send JSON {{"text": "..."}} or {{"texts": [...]}} with 1 to {self.limits.max_items} texts of at '
                 f"most {MAX_TEXT_CHARS:,} characters each; bodies over {self.limits.max_body_bytes:,} bytes get 413.")
+
+    def refusals(self) -> dict[str, str]:
+        return JSON_REFUSALS | {
+            "body_too_large": f"the body is over {self.limits.max_body_bytes:,} bytes",
+            "missing_text": 'the object has neither "text" nor "texts", both, or an empty "texts"',
+            "bad_type": '"texts" is not a list',
+            "not_a_string": "a text is not a string",
+            "empty_text": "a text is empty or only whitespace",
+            "text_too_long": f"a text is over {MAX_TEXT_CHARS:,} characters",
+            "too_many_texts": f'"texts" holds over {self.limits.max_items} texts'}

@@ -1,0 +1,179 @@
+"""Retraining without a person: what a training run started by a monitor event does before and after the
+pipeline it shares with every other run.
+
+Before: the configuration of the task the event names (the runner's own when it is that task, else the one
+the champion's training run logged), the cool-down (a task decided on less than `monitor.retrain.cooldown_min`
+ago is skipped), and the newest feedback set (labelled served traffic, modelyard.monitoring.feedback) built,
+added to DVC and named in `data.feedback`, so the training split takes its rows. After: the gate's decision
+(promoted, or refused and left as the challenger the canary serves a share of), recorded with the event that
+caused it as a run of the MLflow experiment `retraining` and as tags on the new version.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from modelyard.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+RETRAIN_EXPERIMENT = "retraining"
+TASK_TAG = "modelyard.retrain.task"
+DECIDED_EVENT = "modelyard.retrain.decided"
+
+
+@dataclass(frozen=True)
+class Cause:
+    """The event a retraining run answers (what the training deployment's trigger passes)."""
+
+    event: str
+    event_id: str
+    task: str
+
+    def tags(self) -> dict[str, str]:
+        return {"modelyard.retrain.event": self.event, "modelyard.retrain.event_id": self.event_id,
+                TASK_TAG: self.task}
+
+
+def task_config(cfg: PipelineConfig, task: str) -> PipelineConfig:
+    """The configuration a retraining of `task` starts from: `cfg` (the runner's) when it trains that task,
+    else what the champion's training run logged, with the runner's paths, registry, serving and monitor."""
+    from modelyard.registry import tracking, versions
+
+    if cfg.task_name == task:
+        return cfg
+    uri = cfg.registry.resolved_tracking_uri()
+    champion = versions.get_version(uri, task, alias=cfg.registry.champion_alias)
+    doc = tracking.read_config(uri, champion.run_id) if champion and champion.run_id else None
+    if doc is None:
+        raise LookupError(f"cannot retrain {task!r}: the runner's parameters train {cfg.task_name}, and {task} has "
+                          "no champion whose training run logged its configuration")
+    runner = cfg.model_dump(by_alias=True)
+    doc |= {k: runner[k] for k in ("paths", "serve", "monitor")}
+    doc["registry"] = {**doc["registry"], "tracking_uri": cfg.registry.tracking_uri}
+    return PipelineConfig.model_validate(doc)
+
+
+def cooling_down(cfg: PipelineConfig, task: str) -> str | None:
+    """Why `task` may not be retrained now (a decision on it within the cool-down), or None."""
+    from modelyard.registry.store import client
+
+    minutes = cfg.monitor.retrain.cooldown_min
+    mlflow = client(cfg.registry.resolved_tracking_uri())
+    experiment = mlflow.get_experiment_by_name(RETRAIN_EXPERIMENT)
+    if not minutes or experiment is None:
+        return None
+    since_ms = int((time.time() - minutes * 60) * 1000)
+    runs = mlflow.search_runs([experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                              filter_string=f"tags.`{TASK_TAG}` = '{task}' and attributes.start_time > {since_ms} "
+                                            "and tags.`modelyard.retrain.decision` != 'skipped'")
+    if not runs:
+        return None
+    last = runs[0]
+    return (f"{task} was retrained {(time.time() - last.info.start_time / 1000) / 60:.1f} min ago (run "
+            f"{last.info.run_id}, {last.data.tags.get('modelyard.retrain.decision')}); the cool-down is {minutes:g} min")
+
+
+def with_feedback(cfg: PipelineConfig, task: str) -> tuple[PipelineConfig, dict[str, Any] | None]:
+    """`cfg` with the task's newest feedback set (built now under `<data_dir>/feedback/<task>` and added to
+    DVC) in `data.feedback`; unchanged, with None, when no labelled input is there yet."""
+    from modelyard.data.datasets import get_dataset
+    from modelyard.monitoring.feedback import build_feedback_set
+    from modelyard.versioning import add_to_dvc
+
+    spec = get_dataset(cfg.data.dataset)
+    out = Path(cfg.paths.data_dir) / "feedback" / task
+    try:
+        summary = build_feedback_set(cfg.traffic_dir, task, list(spec.classes), spec.modality, out,
+                                     holdout_share=cfg.monitor.retrain.holdout_share)
+    except LookupError as err:
+        log.warning("%s is retrained without feedback: %s", task, err)
+        return cfg, None
+    summary["dvc"] = add_to_dvc(out)
+    return cfg.with_overrides({"data": {"feedback": summary["path"]}}), summary
+
+
+@dataclass
+class Decision:
+    """What became of one retraining request."""
+
+    task: str
+    decision: str  # promoted | refused | skipped
+    reason: str
+    event: str
+    event_id: str
+    version: str | None = None
+    champion_version: str | None = None
+    test_accuracy: float | None = None
+    champion_accuracy: float | None = None
+    feedback_train_rows: int = 0
+    feedback_holdout_accuracy: float | None = None
+    feedback_holdout_rows: int = 0
+    training_run_id: str | None = None
+    decided_at: float = 0.0
+
+    def markdown(self) -> str:
+        lines = [f"# Retraining of {self.task}: {self.decision}", "",
+                 f"Asked for by the event `{self.event}` ({self.event_id}).", "", self.reason, ""]
+        if self.version:
+            lines += ["| | value |", "|---|---|", f"| new version | {self.version} |",
+                      f"| its test accuracy | {_pct(self.test_accuracy)} |",
+                      f"| champion | v{self.champion_version}, {_pct(self.champion_accuracy)} |",
+                      f"| feedback rows trained on | {self.feedback_train_rows} |",
+                      f"| accuracy on the held-out feedback | {_pct(self.feedback_holdout_accuracy)} "
+                      f"({self.feedback_holdout_rows} rows) |"]
+        return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def decision_of(cause: Cause, registered: dict[str, Any], evaluation: dict[str, Any], training_run_id: str | None,
+                feedback: dict[str, Any] | None) -> Decision:
+    """The gate's verdict on the retrained version (registration's summary), as a Decision."""
+    holdout = evaluation.get("feedback_holdout") or {}
+    return Decision(
+        task=cause.task, decision="promoted" if registered["promoted"] else "refused", reason=registered["reason"],
+        event=cause.event, event_id=cause.event_id, version=str(registered["version"]),
+        champion_version=registered.get("champion_version"), test_accuracy=registered.get("challenger_value"),
+        champion_accuracy=registered.get("champion_value"),
+        feedback_train_rows=int(feedback["train_rows"]) if feedback else 0,
+        feedback_holdout_accuracy=holdout.get("accuracy"), feedback_holdout_rows=int(holdout.get("count", 0)),
+        training_run_id=training_run_id)
+
+
+def record(cfg: PipelineConfig, decision: Decision, feedback: dict[str, Any] | None = None) -> str:
+    """The decision as a run of the `retraining` experiment (tags, metrics, the markdown) and, for a new
+    version, as its tags; returns the run id."""
+    import tempfile
+
+    from modelyard.registry import tracking, versions
+
+    uri = cfg.registry.resolved_tracking_uri()
+    decision.decided_at = time.time()
+    cause = Cause(decision.event, decision.event_id, decision.task)
+    tags = cause.tags() | {"modelyard.retrain.decision": decision.decision,
+                           "modelyard.retrain.reason": decision.reason[:4000]}
+    if feedback:
+        tags |= {"modelyard.feedback.sha256": feedback["sha256"], "modelyard.feedback.dvc_md5":
+                 feedback["dvc"].get("md5", "")}
+    run_id = tracking.start_run(uri, RETRAIN_EXPERIMENT, params={k: v for k, v in asdict(decision).items()
+                                                                 if v is not None and k != "reason"},
+                                tags=tags, run_name=f"retrain {decision.task}: {decision.decision}")
+    metrics = {k: v for k, v in {"test_accuracy": decision.test_accuracy, "champion_accuracy": decision.champion_accuracy,
+                                 "feedback_holdout_accuracy": decision.feedback_holdout_accuracy,
+                                 "feedback_train_rows": decision.feedback_train_rows}.items() if v is not None}
+    tracking.log_metrics(uri, run_id, metrics)
+    with tempfile.TemporaryDirectory(prefix="modelyard-decision-") as tmp:
+        (Path(tmp) / "decision.md").write_text(decision.markdown())
+        tracking.log_artifacts(uri, run_id, Path(tmp) / "decision.md")
+    tracking.end_run(uri, run_id)
+    if decision.version:
+        versions.set_version_tags(uri, decision.task, decision.version, tags)
+    log.info("retraining of %s (%s %s): %s", decision.task, decision.event, decision.event_id, decision.decision)
+    return run_id
