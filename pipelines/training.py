@@ -58,38 +58,56 @@ def training_pipeline(
     # The parameter file is the runner's (`make up` passes it), never a caller's.
     params_path = os.environ.get("MODELYARD_PARAMS", "params.yaml")
     cfg = config_from_form(params_path, recipe, sections)
-    retraining = feedback = None
     if cause is not None:
-        from modelyard.monitoring import retraining as retrain
+        return _retrain(cfg, cause, params_path, deploy)
+    result = _pipeline(cfg, params_path)
+    if deploy:  # serves the champion, whether or not this run's model became it
+        result["serving"] = deploy_task(cfg)
+    return result
 
-        retraining = retrain.Cause(**{k: str(cause[k]) for k in ("event", "event_id", "task")})
-        cfg = retrain.task_config(cfg, retraining.task)
-        if reason := retrain.cooling_down(cfg, retraining.task):
-            decision = retrain.Decision(retraining.task, "skipped", reason, retraining.event, retraining.event_id)
-            return {"retraining": _recorded(cfg, decision, None)}
-        cfg, feedback = retrain.with_feedback(cfg, retraining.task)
+
+def _pipeline(cfg, params_path: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
     # In a directory of its own, so runs may overlap; its outputs go to the stable paths once it has registered
     # (and to params.yaml's DVC stages when it is the run params.yaml describes).
     with open_run(cfg, label=_flow_run_label(), params_path=params_path) as run:
         fetch_task(run.cfg)
         validate_task(run.cfg)
         prepare_task(run.cfg)
-        trained = train_task(run.cfg, tags=retraining.tags() if retraining else None)
+        trained = train_task(run.cfg, tags=tags)
         metrics = evaluate_task(run.cfg)
         registered = register_task(run.cfg)
         run_dir = publish_task(run)
         evaluation = json.loads((TaskPaths.of(run.cfg).eval_dir / "evaluation.json").read_text())
-    result = {"train": trained, "test": metrics, "registry": registered, "run_dir": run_dir}
-    if retraining is not None:
-        decision = retrain.decision_of(retraining, registered, evaluation, trained["run_id"], feedback)
-        result["retraining"] = _recorded(cfg, decision, feedback)
-    if deploy:  # serves the champion (and the challenger the canary tries), whether or not this run's model won
+    return {"train": trained, "test": metrics, "registry": registered, "run_dir": run_dir, "evaluation": evaluation}
+
+
+def _retrain(cfg, cause: dict[str, str], params_path: str, deploy: bool) -> dict[str, Any]:
+    """A run the trigger started: the task the event names, retrained with its newest feedback set unless it
+    is cooling down, through the same gate (and, with `deploy`, the same canary); the decision recorded."""
+    from modelyard.monitoring import retraining as retrain
+
+    why = retrain.Cause(**{k: str(cause[k]) for k in ("event", "event_id", "task")})
+    cfg = retrain.task_config(cfg, why.task)
+    cooling = retrain.cooling_down(cfg, why.task)
+    run_id = retrain.begin(cfg, why)
+    if cooling:
+        decision = retrain.Decision(why.task, "skipped", cooling, why.event, why.event_id)
+        return {"retraining": _recorded(cfg, run_id, decision, None)}
+    try:
+        cfg, feedback = retrain.with_feedback(cfg, why.task)
+        result = _pipeline(cfg, params_path, tags=why.tags())
+    except BaseException as exc:
+        retrain.failed(cfg, run_id, exc)
+        raise
+    decision = retrain.decision_of(why, result["registry"], result["evaluation"], result["train"]["run_id"], feedback)
+    result["retraining"] = _recorded(cfg, run_id, decision, feedback)
+    if deploy:  # the champion, and the challenger a refused version became, for the canary's share
         result["serving"] = deploy_task(cfg)
     return result
 
 
-def _recorded(cfg, decision, feedback) -> dict[str, Any]:
-    """The retraining decision in MLflow, as the Prefect artifact `retrain-<task>` and as the event
+def _recorded(cfg, run_id: str, decision, feedback) -> dict[str, Any]:
+    """The retraining decision on its MLflow run, as the Prefect artifact `retrain-<task>` and as the event
     `modelyard.retrain.decided`, related to the event that caused it."""
     from dataclasses import asdict
 
@@ -98,7 +116,7 @@ def _recorded(cfg, decision, feedback) -> dict[str, Any]:
 
     from modelyard.monitoring import retraining as retrain
 
-    run_id = retrain.record(cfg, decision, feedback)
+    retrain.record(cfg, run_id, decision, feedback)
     create_markdown_artifact(decision.markdown(), key=f"retrain-{decision.task.lower()}",
                              description=f"{decision.task}: {decision.decision}")
     emit_event(event=retrain.DECIDED_EVENT,

@@ -52,7 +52,7 @@ def test_the_form_picks_the_dataset_from_the_registry_and_shows_no_paths(schema)
     from modelyard.data.datasets import dataset_names
 
     assert schema["definitions"]["DataConfig"]["properties"]["dataset"]["enum"] == list(dataset_names())
-    sections = set(schema["properties"]) - {"recipe", "deploy"}
+    sections = set(schema["properties"]) - {"recipe", "deploy", "cause"}  # cause: the retraining trigger's
     assert sections == set(FORM_SECTIONS)  # no paths (a flow run's are its run directory's), no serve
 
 

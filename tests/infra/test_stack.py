@@ -77,10 +77,12 @@ def stack(fashion_mnist_dir, tmp_path_factory):
     home.mkdir()
     ports = {name: free_port() for name in ("PREFECT_PORT", "MLFLOW_PORT", "RAY_PORT", "RAY_DASHBOARD_PORT",
                                             "RAY_CLIENT_PORT", "RAY_DASHBOARD_AGENT_PORT", "SERVE_PORT")}
-    # A small run: 4,000 real training images, two epochs; the registry is the stack's MLflow server.
+    # A small run: 4,000 real training images, two epochs; the registry is the stack's MLflow server. The
+    # monitor's run below asks for no retraining (tests/pipelines/test_retraining.py runs that), which would
+    # train beside the other tests here.
     cfg = small_config(tmp, data={"train_limit": 4000, "test_limit": 1000}, train={"epochs": 2},
                        registry={"tracking_uri": None, "experiment": "stack-test"},
-                       serve={"port": ports["SERVE_PORT"]})
+                       serve={"port": ports["SERVE_PORT"]}, monitor={"retrain": {"on_drift": False}})
     params = write_params(cfg, tmp / "params.yaml")
     env = {k: v for k, v in os.environ.items() if k not in STACK_ENV_DROP}
     env |= {"HOME": str(home), "MODELYARD_RUN_DIR": str(tmp / "run"), "MLFLOW_STORE_DIR": str(tmp / "mlflow"),
@@ -227,6 +229,14 @@ def test_the_monitor_deployment_runs_on_its_schedule_and_reads_the_served_traffi
     assert logged, "the served app logged no traffic"
     report = stack.prefect.get(f"{stack.prefect_api}/artifacts/drift-{stack.cfg.task_name}/latest", timeout=10)
     assert report.status_code == 200 and report.json()["data"].startswith(f"# Drift of {stack.cfg.task_name} v")
+    # the training deployment carries the trigger that retrains a task on the monitor's events
+    training = stack.prefect.get(f"{stack.prefect_api}/deployments/name/{DEPLOYMENT}", timeout=10).json()
+    automations = stack.prefect.get(f"{stack.prefect_api}/automations/related-to/prefect.deployment.{training['id']}",
+                                    timeout=10)
+    [trigger] = automations.json()
+    assert trigger["trigger"]["expect"] and set(trigger["trigger"]["expect"]) == {
+        "modelyard.drift.detected", "modelyard.feedback.ready", "modelyard.accuracy.dropped"}
+    assert "event.id" in json.dumps(trigger["actions"][0]["parameters"]["cause"])
 
 
 def test_the_prefect_api_refuses_a_caller_without_the_auth_string(stack):

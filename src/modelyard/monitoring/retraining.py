@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 RETRAIN_EXPERIMENT = "retraining"
 TASK_TAG = "modelyard.retrain.task"
+DECISION_TAG = "modelyard.retrain.decision"
+REASON_TAG = "modelyard.retrain.reason"
 DECIDED_EVENT = "modelyard.retrain.decided"
 
 
@@ -59,7 +61,8 @@ def task_config(cfg: PipelineConfig, task: str) -> PipelineConfig:
 
 
 def cooling_down(cfg: PipelineConfig, task: str) -> str | None:
-    """Why `task` may not be retrained now (a decision on it within the cool-down), or None."""
+    """Why `task` may not be retrained now (a retraining of it started within the cool-down, running or
+    decided; skipped and failed ones do not count), or None."""
     from modelyard.registry.store import client
 
     minutes = cfg.monitor.retrain.cooldown_min
@@ -68,14 +71,31 @@ def cooling_down(cfg: PipelineConfig, task: str) -> str | None:
     if not minutes or experiment is None:
         return None
     since_ms = int((time.time() - minutes * 60) * 1000)
-    runs = mlflow.search_runs([experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                              filter_string=f"tags.`{TASK_TAG}` = '{task}' and attributes.start_time > {since_ms} "
-                                            "and tags.`modelyard.retrain.decision` != 'skipped'")
-    if not runs:
+    runs = mlflow.search_runs([experiment.experiment_id], max_results=100, order_by=["attributes.start_time DESC"],
+                              filter_string=f"tags.`{TASK_TAG}` = '{task}' and attributes.start_time > {since_ms}")
+    counted = [r for r in runs if r.data.tags.get(DECISION_TAG) in ("running", "promoted", "refused")]
+    if not counted:
         return None
-    last = runs[0]
-    return (f"{task} was retrained {(time.time() - last.info.start_time / 1000) / 60:.1f} min ago (run "
-            f"{last.info.run_id}, {last.data.tags.get('modelyard.retrain.decision')}); the cool-down is {minutes:g} min")
+    last = counted[0]
+    return (f"a retraining of {task} started {(time.time() - last.info.start_time / 1000) / 60:.1f} min ago (MLflow "
+            f"run {last.info.run_id}: {last.data.tags.get(DECISION_TAG)}); the cool-down is {minutes:g} min")
+
+
+def begin(cfg: PipelineConfig, cause: Cause) -> str:
+    """The retraining's run in the `retraining` experiment, marked running (the cool-down counts it from now)."""
+    from modelyard.registry import tracking
+
+    return tracking.start_run(cfg.registry.resolved_tracking_uri(), RETRAIN_EXPERIMENT, params={},
+                              tags=cause.tags() | {DECISION_TAG: "running"}, run_name=f"retrain {cause.task}")
+
+
+def failed(cfg: PipelineConfig, run_id: str, error: BaseException) -> None:
+    """A retraining that broke off: its run says so (and no longer holds the cool-down)."""
+    from modelyard.registry import tracking
+
+    uri = cfg.registry.resolved_tracking_uri()
+    tracking.set_tags(uri, run_id, {DECISION_TAG: "failed", REASON_TAG: f"{type(error).__name__}: {error}"[:4000]})
+    tracking.end_run(uri, run_id, status="FAILED")
 
 
 def with_feedback(cfg: PipelineConfig, task: str) -> tuple[PipelineConfig, dict[str, Any] | None]:
@@ -147,28 +167,26 @@ def decision_of(cause: Cause, registered: dict[str, Any], evaluation: dict[str, 
         training_run_id=training_run_id)
 
 
-def record(cfg: PipelineConfig, decision: Decision, feedback: dict[str, Any] | None = None) -> str:
-    """The decision as a run of the `retraining` experiment (tags, metrics, the markdown) and, for a new
-    version, as its tags; returns the run id."""
+def record(cfg: PipelineConfig, run_id: str, decision: Decision, feedback: dict[str, Any] | None = None) -> None:
+    """The decision on the retraining's run (`begin`): tags, metrics, the markdown; and, for a new version, as
+    its tags."""
     import tempfile
 
     from modelyard.registry import tracking, versions
 
     uri = cfg.registry.resolved_tracking_uri()
     decision.decided_at = time.time()
-    cause = Cause(decision.event, decision.event_id, decision.task)
-    tags = cause.tags() | {"modelyard.retrain.decision": decision.decision,
-                           "modelyard.retrain.reason": decision.reason[:4000]}
+    tags = Cause(decision.event, decision.event_id, decision.task).tags() | {
+        DECISION_TAG: decision.decision, REASON_TAG: decision.reason[:4000]}
     if feedback:
-        tags |= {"modelyard.feedback.sha256": feedback["sha256"], "modelyard.feedback.dvc_md5":
-                 feedback["dvc"].get("md5", "")}
-    run_id = tracking.start_run(uri, RETRAIN_EXPERIMENT, params={k: v for k, v in asdict(decision).items()
-                                                                 if v is not None and k != "reason"},
-                                tags=tags, run_name=f"retrain {decision.task}: {decision.decision}")
-    metrics = {k: v for k, v in {"test_accuracy": decision.test_accuracy, "champion_accuracy": decision.champion_accuracy,
-                                 "feedback_holdout_accuracy": decision.feedback_holdout_accuracy,
-                                 "feedback_train_rows": decision.feedback_train_rows}.items() if v is not None}
-    tracking.log_metrics(uri, run_id, metrics)
+        tags |= {"modelyard.feedback.sha256": feedback["sha256"],
+                 "modelyard.feedback.dvc_md5": feedback["dvc"].get("md5", "")}
+    tracking.set_tags(uri, run_id, tags | {"mlflow.runName": f"retrain {decision.task}: {decision.decision}"})
+    tracking.log_params(uri, run_id, {k: v for k, v in asdict(decision).items() if v is not None and k != "reason"})
+    metrics = {"test_accuracy": decision.test_accuracy, "champion_accuracy": decision.champion_accuracy,
+               "feedback_holdout_accuracy": decision.feedback_holdout_accuracy,
+               "feedback_train_rows": decision.feedback_train_rows}
+    tracking.log_metrics(uri, run_id, {k: v for k, v in metrics.items() if v is not None})
     with tempfile.TemporaryDirectory(prefix="modelyard-decision-") as tmp:
         (Path(tmp) / "decision.md").write_text(decision.markdown())
         tracking.log_artifacts(uri, run_id, Path(tmp) / "decision.md")
@@ -176,4 +194,3 @@ def record(cfg: PipelineConfig, decision: Decision, feedback: dict[str, Any] | N
     if decision.version:
         versions.set_version_tags(uri, decision.task, decision.version, tags)
     log.info("retraining of %s (%s %s): %s", decision.task, decision.event, decision.event_id, decision.decision)
-    return run_id

@@ -32,16 +32,22 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
 def start_run(tracking_uri: str, experiment: str, params: dict[str, Any], tags: dict[str, str] | None = None,
               run_name: str | None = None) -> str:
     """Create a run (left RUNNING for later stages to add to) and log its params; returns the run id."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import RunTag
 
     mlflow = client(tracking_uri)
     run = mlflow.create_run(ensure_experiment(tracking_uri, experiment), run_name=run_name, tags=tags or {})
-    items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        mlflow.log_batch(run.info.run_id, params=items[i : i + 100])
+    log_params(tracking_uri, run.info.run_id, params)
     if tags:
         mlflow.log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     return run.info.run_id
+
+
+def log_params(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client(tracking_uri).log_batch(run_id, params=items[i : i + 100])
 
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
