@@ -1,7 +1,7 @@
 """Serving throughput and latency: modelyard's Ray Serve app (default proxy, HAProxy ingress) against the plain
 FastAPI + uvicorn server a user would write (bench/plain_server.py), same model, same client, same images.
 
-    python -m bench.serve [--duration 15] [--concurrency 1 8 32]
+    python -m bench.serve [--duration 15] [--concurrency 1 8 32] [--rounds 1]
                           [--targets plain proxy haproxy proxy+onnx haproxy+onnx] [--tracking-uri URI --model NAME]
                           [--data-dir data]
 
@@ -15,7 +15,9 @@ outputs in a temporary directory (raw downloads shared from <data-dir>/raw). The
 servers run one at a time, each alone on the machine with the client; the client is one asyncio process
 that keeps `concurrency` requests in flight for `duration` seconds after a 2 s warm-up, posting real
 Fashion-MNIST test images as PNG. Prints requests/s, p50 and p99 per target and concurrency, and ratios
-against the plain server measured in the same run.
+against the plain server measured in the same run. With `--rounds N` every target is measured N times, the
+order of the targets reversed each round (whichever server runs first on a cold machine is slower), and the
+medians are reported, with the traffic log's cost round by round.
 """
 
 from __future__ import annotations
@@ -213,6 +215,8 @@ def main() -> None:
     parser.add_argument("--tracking-uri")
     parser.add_argument("--model")
     parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--rounds", type=int, default=1, help="measure every target this many times, alternating "
+                                                              "their order; report the medians")
     parser.add_argument("--data-dir", type=Path, default=REPO / "data",
                         help="where the test images (and the raw downloads) are, fetched when missing")
     parser.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
@@ -238,20 +242,40 @@ def main() -> None:
         images = test_pngs(args.data_dir)
         print(f"{model} v{mv.version}; {len(images)} real test PNGs; {os.cpu_count()} cores ({cpu_name()}); "
               f"{args.duration:.0f} s per point\n", flush=True)
-        results: dict[str, dict[int, dict]] = {}
-        for target in args.targets:
-            proc, url = start_server(target, args.port, uri, model, model_dir, workdir / "traffic")
-            try:
-                wait_ready(url, proc, images[0])
-                results[target] = {}
-                for c in args.concurrency:
-                    r = asyncio.run(load(url, images, c, args.duration))
-                    results[target][c] = r
-                    print(f"{target:12s} c={c:<3d} {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
-                          f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}", flush=True)
-            finally:
-                stop_server(proc)
+        rounds: dict[str, dict[int, list[dict]]] = {t: {c: [] for c in args.concurrency} for t in args.targets}
+        for n in range(args.rounds):
+            for target in args.targets if n % 2 == 0 else reversed(args.targets):
+                proc, url = start_server(target, args.port, uri, model, model_dir, workdir / "traffic")
+                try:
+                    wait_ready(url, proc, images[0])
+                    for c in args.concurrency:
+                        r = asyncio.run(load(url, images, c, args.duration))
+                        rounds[target][c].append(r)
+                        print(f"round {n + 1} {target:12s} c={c:<3d} {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
+                              f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}", flush=True)
+                finally:
+                    stop_server(proc)
+        results = {t: {c: median_of(rs) for c, rs in by_c.items()} for t, by_c in rounds.items()}
+        if args.rounds > 1:
+            log_cost_by_round(rounds, args.concurrency)
         report(results, args.concurrency)
+
+
+def median_of(runs: list[dict]) -> dict:
+    """Each figure's median over the rounds."""
+    import statistics
+
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def log_cost_by_round(rounds: dict[str, dict[int, list[dict]]], levels: list[int]) -> None:
+    for target, by_c in rounds.items():
+        if target.endswith("+nolog") and target.removesuffix("+nolog") in rounds:
+            logged = rounds[target.removesuffix("+nolog")]
+            for c in levels:
+                ratios = [a["rps"] / b["rps"] for a, b in zip(logged[c], by_c[c])]
+                print(f"traffic log, {target.removesuffix('+nolog')} c={c}: req/s with/without per round "
+                      f"{', '.join(f'{x:.3f}' for x in ratios)}")
 
 
 def report(results: dict[str, dict[int, dict]], levels: list[int]) -> None:

@@ -166,6 +166,8 @@ class ModelServer:
         with self._lock:
             if self.champion is None or self.champion.version != champion:
                 self.champion = self._load(champion)
+                if self._log is not None:  # what the log records of each input, off the request's path
+                    self._log.describe = self.champion.predictor.preprocessor.describe
                 log.warning("serving %s v%s", self.settings.model_name, champion)
                 document(getattr(self, "_asgi_app", api), self.champion.codec, bool(self.settings.auth_token),
                          self.champion.predictor.labels, MAX_ITEMS_PER_REQUEST)

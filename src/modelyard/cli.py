@@ -350,6 +350,27 @@ def predict_batch(
     typer.echo(json.dumps(summary.to_dict()))
 
 
+@app.command("feedback-set")
+def feedback_set(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    task: Annotated[str | None, typer.Option(help="The registered model name (default: params.yaml's task).")] = None,
+) -> None:
+    """Build the task's feedback data set from the labels posted to /feedback and the traffic log's inputs,
+    under <data_dir>/feedback/<task>, and `dvc add` it; train on it with `-S data.feedback=<that path>`."""
+    from modelyard.monitoring.retraining import task_config, with_feedback
+
+    cfg = _config(params, set_)
+    try:
+        cfg = task_config(cfg, task or cfg.task_name)  # another task's dataset and classes: its champion's run's
+        _, summary = with_feedback(cfg, cfg.task_name)
+    except (LookupError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if summary is None:
+        raise typer.BadParameter(f"no labelled input of {task or cfg.task_name} under {cfg.traffic_dir}")
+    typer.echo(json.dumps(summary))
+
+
 @app.command()
 def samples(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, recipe: RecipeOpt = None) -> None:
     """Write one real test input per class under data/samples/<dataset>/, as a file to send to the endpoint."""

@@ -79,7 +79,7 @@ class DataConfig(_Section):
     train_limit: int | None = Field(None, gt=0, description="Keep only the first N training rows; null: all.")
     test_limit: int | None = Field(None, gt=0, description="Keep only the first N test rows; null: all.")
     feedback: str | None = Field(
-        None, description="A feedback data set (labelled served traffic, built by `modelyard feedback build` or the "
+        None, description="A feedback data set (labelled served traffic, built by `modelyard feedback-set` or the "
                           "retraining run): its `train` rows join the training split, its `holdout` rows are scored "
                           "apart; the test split stays the dataset's own. null: none.", json_schema_extra=PATH_FIELD)
 

@@ -71,3 +71,32 @@ def test_the_embedding_is_the_projected_penultimate_layer(predictor, test_images
 def test_nothing_to_compare_is_refused_by_name(reference):
     with pytest.raises(ValueError, match="nothing to compare: 600 reference rows, 0 window rows"):
         drift.compare(reference, reference.iloc[:0])
+
+
+@pytest.mark.integration
+def test_texts_from_another_domain_drift_in_length_and_unknown_words(rt_polarity_dir, bbc_news_dir, tmp_path):
+    """A text model's rows carry each text's length in tokens and its share of words the vocabulary does not
+    know: other movie reviews look like its reference, BBC News articles (another domain) do not."""
+    from modelyard.artifact import ModelSpec, save_model_dir
+    from modelyard.data.datasets import get_dataset
+    from modelyard.modalities import get_modality
+    from modelyard.models import family_config
+
+    family = family_config({"name": "lstm", "hidden": 16, "embedding_dim": 16})
+    pre = get_modality("text").fit_preprocessor(family.preprocessing(), {}, get_dataset("rt_polarity").schema)
+    spec = ModelSpec(family=family.name, args=family.builder_args(pre.model_input(), 2),
+                     labels=["negative", "positive"], preprocessing=pre.to_dict())
+    import torch
+
+    torch.manual_seed(0)
+    text = Predictor.from_dir(save_model_dir(spec.build().eval(), spec, tmp_path / "lstm"))
+    reviews = load_split(rt_polarity_dir, "test").texts
+    news = load_split(bbc_news_dir, "test").texts
+    ref = pd.DataFrame(profile.reference(text, reviews[:400], task="t", version="1"))
+    assert ref["length"].between(1, text.preprocessor.max_length).all() and ref["unknown_share"].between(0, 1).all()
+    calm = drift.compare(ref, pd.DataFrame(profile.reference(text, reviews[400:700], task="t", version="1")))
+    other = drift.compare(ref, pd.DataFrame(profile.reference(text, news[:300], task="t", version="1")))
+    by_name = {t.name: t for t in other.tests}
+    assert {"length", "unknown_share"} <= set(by_name) and {t.name for t in calm.tests} >= {"length", "unknown_share"}
+    assert not any(t.drifted for t in calm.tests if t.name in ("length", "unknown_share")), calm.tests
+    assert by_name["length"].drifted, by_name["length"]

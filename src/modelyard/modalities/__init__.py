@@ -100,6 +100,11 @@ class Preprocessor(ABC):
         """Per input, what a prediction reports beside the label (text: whether it was truncated)."""
         return [{} for _ in range(len(inputs))]
 
+    def describe(self, inputs: Any) -> list[dict[str, float]]:
+        """Per input, what the traffic log records of it for drift beside the model's outputs (text: its length
+        in tokens and the share of them the vocabulary does not know; series: its length in frames)."""
+        return [{} for _ in range(len(inputs))]
+
 
 @dataclass
 class EvaluationExtras:

@@ -8,6 +8,9 @@ window, each on something the model itself produced (drift on raw pixels says li
 - `embedding`: the squared maximum mean discrepancy (RBF kernel, bandwidth by the median heuristic) between
   projected penultimate embeddings, its p-value from a permutation test. It sees a shift in what the model
   sees even when the scores have not moved yet.
+- `length`, `unknown_share` (texts; `length` for series too): Kolmogorov-Smirnov on what the preprocessor
+  describes of each input, where both sides have it: longer texts, or texts from another domain with more
+  words the vocabulary does not know.
 
 The window drifts when any test's p-value is below `alpha` divided by the number of tests run (Bonferroni).
 The tests take rows as independent draws; inputs of one request, or traffic close in time, are not, so
@@ -83,7 +86,8 @@ def compare(reference: Any, window: Any, *, alpha: float = 0.01, max_rows: int =
     rng = np.random.default_rng(seed)
     report = DriftReport(reference_rows=len(reference), window_rows=len(window), alpha=alpha)
     ref_emb, win_emb = _embeddings(reference), _embeddings(window)
-    tests = 2 + (ref_emb is not None and win_emb is not None)
+    described = [c for c in ("length", "unknown_share") if _finite(reference, c) and _finite(window, c)]
+    tests = 2 + (ref_emb is not None and win_emb is not None) + len(described)
     bar = alpha / tests
     permutations = max(permutations, int(np.ceil(2 * tests / alpha)))  # the smallest p-value must clear the bar
 
@@ -100,6 +104,11 @@ def compare(reference: Any, window: Any, *, alpha: float = 0.01, max_rows: int =
         chi2, p, _, _ = stats.chi2_contingency(counts)
         report.tests.append(DriftTest("predicted_class", float(chi2), float(p), bool(p < bar),
                                       f"{counts.shape[1]} class groups (rare classes pooled)"))
+
+    for column in described:
+        ks = stats.ks_2samp(reference[column].to_numpy(), window[column].to_numpy())
+        report.tests.append(DriftTest(column, float(ks.statistic), float(ks.pvalue), bool(ks.pvalue < bar),
+                                      f"median {reference[column].median():.3g} -> {window[column].median():.3g}"))
 
     if ref_emb is not None and win_emb is not None:
         ref_emb = ref_emb[rng.permutation(len(ref_emb))[:max_rows]]
@@ -121,6 +130,11 @@ def _merge_rare(counts: np.ndarray, least: float = 5.0) -> np.ndarray:
     kept = counts[:, ~rare]
     pooled_expected = counts.sum(axis=1, keepdims=True) * pooled.sum() / max(counts.sum(), 1)
     return np.concatenate([kept, pooled], axis=1) if (pooled_expected >= least).all() else kept
+
+
+def _finite(frame: Any, column: str) -> bool:
+    """Whether every row of `frame` has a value in `column` (older profiles have no such column)."""
+    return column in frame and bool(np.isfinite(frame[column].to_numpy(dtype=np.float64)).all())
 
 
 def _embeddings(frame: Any) -> np.ndarray | None:

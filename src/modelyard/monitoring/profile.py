@@ -3,7 +3,9 @@
 Columns: `time` (UTC, seconds), `request_id`, `item` (the input's place in its request), `task`, `version`,
 `predicted` (class index), `label`, `confidence` (the top score), `scores` (every class's), `latency_ms` (the
 request's), `embedding` (the projected penultimate embedding, `monitoring.embedding`; empty where the model
-or its export has none), `input` (what the model read, `encode_input`; empty where not kept). Traffic is written in Parquet batches under
+or its export has none), `input` (what the model read, `encode_input`; empty where not kept), `length` and
+`unknown_share` (what the modality's preprocessor describes of the input: a text's tokens and the share the
+vocabulary does not know, a series' frames; NaN where it says nothing). Traffic is written in Parquet batches under
 `<traffic dir>/task=<task>/version=<version>/<replica>-<time>.parquet`, a layout pyarrow, pandas, DuckDB and
 Spark read as partitions; the reference profile is `reference.parquet` beside the weights of a registered
 version, computed on the test split it was evaluated on.
@@ -20,15 +22,18 @@ import numpy as np
 
 REFERENCE_FILE = "reference.parquet"
 COLUMNS = ("time", "request_id", "item", "task", "version", "predicted", "label", "confidence", "scores",
-           "latency_ms", "embedding", "input")
+           "latency_ms", "embedding", "input", "length", "unknown_share")
+DESCRIBED = ("length", "unknown_share")
 
 
 def rows(predictions: Sequence[Any], embeddings: Sequence[Any] | None, *, task: str, version: str,
          request_id: str = "", latency_ms: float = float("nan"), at: float | None = None,
-         inputs: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+         inputs: Sequence[Any] | None = None, described: Sequence[dict[str, float]] | None = None,
+         ) -> list[dict[str, Any]]:
     """Rows for one request's (or one reference batch's) answers: `predictions` are `Prediction`s or their
     dicts, `embeddings` an (N, DIM) array or one array, list or None per answer (None: no embedding),
-    `inputs` the decoded inputs the answers are to (None: not kept)."""
+    `inputs` the decoded inputs the answers are to (None: not kept), `described` the preprocessor's
+    `describe` of them."""
     at = time.time() if at is None else at
     out = []
     for i, p in enumerate(predictions):
@@ -38,7 +43,8 @@ def rows(predictions: Sequence[Any], embeddings: Sequence[Any] | None, *, task: 
                     "predicted": int(p["index"]), "label": p["label"], "confidence": max(scores),
                     "scores": scores, "latency_ms": float(latency_ms),
                     "embedding": _listed(embeddings[i]) if embeddings is not None else [],
-                    "input": encode_input(inputs[i]) if inputs is not None else b""})
+                    "input": encode_input(inputs[i]) if inputs is not None else b"",
+                    **{k: float((described[i] if described else {}).get(k, float("nan"))) for k in DESCRIBED}})
     return out
 
 
@@ -79,7 +85,7 @@ def table(records: list[dict[str, Any]]) -> Any:
                         ("task", pa.string()), ("version", pa.string()), ("predicted", pa.int32()),
                         ("label", pa.string()), ("confidence", pa.float32()), ("scores", pa.list_(pa.float32())),
                         ("latency_ms", pa.float32()), ("embedding", pa.list_(pa.float32())),
-                        ("input", pa.binary())])
+                        ("input", pa.binary()), ("length", pa.float32()), ("unknown_share", pa.float32())])
     return pa.Table.from_pylist(records, schema=schema)
 
 
@@ -103,7 +109,8 @@ def write_table(data: Any, path: str | Path) -> Path:
 def reference(predictor: Any, inputs: Any, *, task: str, version: str, batch_size: int = 256) -> list[dict[str, Any]]:
     """A version's reference profile: its answers on `inputs` (its test split), as traffic rows."""
     predictions, embeddings = predictor.predict_with_embeddings(inputs, batch_size)
-    return rows(predictions, embeddings, task=task, version=version, request_id="reference")
+    return rows(predictions, embeddings, task=task, version=version, request_id="reference",
+                described=predictor.preprocessor.describe(predictor.check_batch(inputs)))
 
 
 def write_reference(model_dir: str | Path, inputs: Any, task: str) -> Path:
@@ -143,4 +150,7 @@ def read_traffic(traffic_dir: str | Path, task: str, version: str | None = None,
     frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
     # batches written before inputs were kept have no such column
     frame["input"] = [v if isinstance(v, bytes) else b"" for v in frame.get("input", [b""] * len(frame))]
+    for column in DESCRIBED:
+        if column not in frame:
+            frame[column] = np.nan
     return frame[frame["time"] >= since].reset_index(drop=True) if since is not None else frame

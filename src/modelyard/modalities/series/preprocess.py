@@ -56,6 +56,9 @@ class SeriesPreprocessor(Preprocessor):
     def model_input(self) -> dict[str, Any]:
         return {"in_features": self.channels, "max_length": self.max_length}
 
+    def describe(self, inputs: Any) -> list[dict[str, float]]:
+        return [{"length": float(len(series))} for series in inputs]
+
     def check_batch(self, inputs: Any) -> list[np.ndarray]:
         """Each series a (T, C) grid of finite numbers, C the model's channels, 1 <= T <= max_length."""
         if isinstance(inputs, np.ndarray) and inputs.ndim == 2:

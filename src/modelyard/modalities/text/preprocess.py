@@ -147,6 +147,17 @@ class TextPreprocessor(Preprocessor):
     def annotate(self, texts: list[str]) -> list[dict[str, Any]]:
         return [{"truncated": bool(flag)} for flag in self.tokenize(texts)[2]]
 
+    def describe(self, texts: list[str]) -> list[dict[str, float]]:
+        unknown = self.tokenizer.token_to_id("[UNK]")
+        if unknown is None:
+            unknown = self.tokenizer.token_to_id("<unk>")
+        out = []
+        for enc in self.tokenizer.encode_batch(list(texts), add_special_tokens=False):
+            n = len(enc.ids)
+            share = sum(i == unknown for i in enc.ids) / n if n and unknown is not None else float("nan")
+            out.append({"length": float(n), "unknown_share": float(share)})
+        return out
+
     # ---- model.json ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
