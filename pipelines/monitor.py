@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from modelyard.config import load_config
-from modelyard.monitoring.monitor import DRIFT_EVENT, EVENTS  # noqa: F401 (DRIFT_EVENT: the name tests and docs use)
+from modelyard.monitoring.monitor import DRIFT_EVENT  # noqa: F401 (the name tests and docs import from here)
 from modelyard.runtime import configure_environment
 
 

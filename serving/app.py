@@ -248,7 +248,7 @@ class ModelServer:
             predictions = await asyncio.to_thread(model.predictor.predict, collated)
             return [{**p.to_dict(), "model": meta} for p in predictions]
         predictions, embeddings = await asyncio.to_thread(model.predictor.predict_with_embeddings, collated)
-        return [{**p.to_dict(), "model": meta, "_embedding": embeddings[i].tolist() if embeddings is not None else None}
+        return [{**p.to_dict(), "model": meta, "_embedding": embeddings[i] if embeddings is not None else None}
                 for i, p in enumerate(predictions)]
 
     async def _answer(self, items: list[Any], request_id: str) -> list[dict[str, Any]]:

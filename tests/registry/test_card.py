@@ -118,7 +118,7 @@ def test_feedback_rows_merged_into_train_are_on_the_card(registered):
     _, paths, _, card = registered
     feedback = {"name": "feedback", "sha256": "ab" * 32, "train_rows": 37, "holdout_rows": 10}
     data = _data(read_metadata(paths.dataset_dir) | {"feedback": feedback}, {})
-    assert data["feedback"] == {"count": 37, "sha256": "ab" * 32, "holdout_rows": 10}
+    assert data["feedback"] == {"train_rows": 37, "sha256": "ab" * 32, "holdout_rows": 10}
     assert "Train includes 37 labelled feedback rows" in render_card(card | {"data": data})
 
 

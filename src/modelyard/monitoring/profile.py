@@ -49,25 +49,25 @@ def rows(predictions: Sequence[Any], embeddings: Sequence[Any] | None, *, task: 
 
 
 def encode_input(value: Any) -> bytes:
-    """One decoded input as bytes: a text as UTF-8 behind `t`, an array (image, series) as .npy behind `n`."""
-    import io
-
+    """One decoded input as bytes: a text as UTF-8 behind `t`; an array (image, series) behind `a` as its dtype
+    and shape, then its raw bytes (a tenth of `np.save`'s cost, which the log pays per row)."""
     if isinstance(value, str):
         return b"t" + value.encode()
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(value), allow_pickle=False)
-    return b"n" + buffer.getvalue()
+    array = np.ascontiguousarray(value)
+    head = f"{array.dtype.str};{','.join(map(str, array.shape))}".encode()
+    return b"a" + len(head).to_bytes(2, "big") + head + array.tobytes()
 
 
 def decode_input(data: bytes) -> Any:
     """The input `encode_input` wrote."""
-    import io
-
-    kind, body = data[:1], data[1:]
+    kind = data[:1]
     if kind == b"t":
-        return body.decode()
-    if kind == b"n":
-        return np.load(io.BytesIO(body), allow_pickle=False)
+        return data[1:].decode()
+    if kind == b"a":
+        size = int.from_bytes(data[1:3], "big")
+        dtype, _, shape = data[3:3 + size].decode().partition(";")
+        dims = tuple(int(d) for d in shape.split(",") if d)
+        return np.frombuffer(data[3 + size:], dtype=np.dtype(dtype)).reshape(dims).copy()
     raise ValueError(f"not an input encode_input wrote (it starts with {data[:8]!r})")
 
 

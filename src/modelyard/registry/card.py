@@ -91,8 +91,8 @@ def _data(meta: dict[str, Any], lineage: dict[str, str]) -> dict[str, Any]:
     feedback = meta.get("feedback")  # labelled served traffic whose rows joined train (modelyard.data.fetch)
     return {"dataset": meta["name"], "source": meta.get("source"),
             **{name: {"count": splits[name]["count"], "sha256": splits[name]["sha256"]} for name in ("train", "test")},
-            "feedback": {"count": feedback.get("count", feedback.get("train_rows")), "sha256": feedback.get("sha256"),
-                         "holdout_rows": feedback.get("holdout_rows")} if feedback else None,
+            "feedback": {"train_rows": feedback["train_rows"], "holdout_rows": feedback["holdout_rows"],
+                         "sha256": feedback["sha256"]} if feedback else None,
             "dvc_md5": lineage.get("dvc.md5.dataset")}
 
 
@@ -236,7 +236,7 @@ def _data_md(data: dict[str, Any], noun: str) -> str:
     if data.get("dvc_md5"):
         text += f"; DVC md5 `{data['dvc_md5'][:12]}`"
     if feedback := data.get("feedback"):
-        text += (f". Train includes {feedback['count'] or 0:,} labelled feedback rows from served traffic "
+        text += (f". Train includes {feedback['train_rows']:,} labelled feedback rows from served traffic "
                  f"(feedback set sha256 `{str(feedback['sha256'])[:12]}`)")
     return text + "."
 
