@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger
 from modelyard.config import DataConfig, PrepareConfig, RegistryConfig, TrainConfig
 from modelyard.forms import NO_RECIPE, config_from_form
 from modelyard.models import config_union
+from modelyard.monitoring.retraining import Cause
 from modelyard.paths import TaskPaths
 from modelyard.recipes import RECIPE_NAMES
 from modelyard.runs import open_run
@@ -50,7 +51,7 @@ def training_pipeline(
     prepare: PrepareConfig | None = None,
     registry: RegistryConfig | None = None,
     deploy: bool = False,
-    cause: dict[str, str] | None = None,
+    cause: Cause | None = None,
 ) -> dict[str, Any]:
     configure_environment()
     logging.getLogger("modelyard").setLevel(logging.INFO)  # its progress lines go to the flow run's log
@@ -81,26 +82,26 @@ def _pipeline(cfg, params_path: str, tags: dict[str, str] | None = None) -> dict
     return {"train": trained, "test": metrics, "registry": registered, "run_dir": run_dir, "evaluation": evaluation}
 
 
-def _retrain(cfg, cause: dict[str, str], params_path: str, deploy: bool) -> dict[str, Any]:
+def _retrain(cfg, why: Cause, params_path: str, deploy: bool) -> dict[str, Any]:
     """A run the trigger started: the task the event names, retrained with its newest feedback set unless it
     is cooling down, through the same gate (and, with `deploy`, the same canary); the decision recorded."""
     from modelyard.monitoring import retraining as retrain
 
-    why = retrain.Cause(**{k: str(cause[k]) for k in ("event", "event_id", "task")})
     cfg = retrain.task_config(cfg, why.task)
-    cooling = retrain.cooling_down(cfg, why.task)
-    run_id = retrain.begin(cfg, why)
+    run_id = retrain.begin(cfg, why)  # first: two retrainings begun at once see each other
+    cooling = retrain.cooling_down(cfg, why.task, run_id)
     if cooling:
         decision = retrain.Decision(why.task, "skipped", cooling, why.event, why.event_id)
         return {"retraining": _recorded(cfg, run_id, decision, None)}
     try:
         cfg, feedback = retrain.with_feedback(cfg, why.task)
         result = _pipeline(cfg, params_path, tags=why.tags())
-    except BaseException as exc:
+        decision = retrain.decision_of(why, result["registry"], result["evaluation"], result["train"]["run_id"],
+                                       feedback)
+        result["retraining"] = _recorded(cfg, run_id, decision, feedback)
+    except BaseException as exc:  # the run no longer holds the cool-down: the next event may try again
         retrain.failed(cfg, run_id, exc)
         raise
-    decision = retrain.decision_of(why, result["registry"], result["evaluation"], result["train"]["run_id"], feedback)
-    result["retraining"] = _recorded(cfg, run_id, decision, feedback)
     if deploy:  # the champion, and the challenger a refused version became, for the canary's share
         result["serving"] = deploy_task(cfg)
     return result

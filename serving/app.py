@@ -20,7 +20,6 @@ module maps HTTP to them. Bad input gets a 4xx JSON body {"error": <code>, "deta
 import asyncio
 import logging
 import random
-import re
 import threading
 import time
 import uuid
@@ -33,10 +32,12 @@ from ray import serve
 
 from modelyard.inference import InvalidInputError, Predictor
 from modelyard.modalities import Codec, Limits
+from modelyard.modalities._http import json_object
+from modelyard.monitoring.feedback import parse_labels, write_labels
 from modelyard.registry import tracking, versions
 from modelyard.registry.card import read_card
 from serving import placement, protocol
-from serving.openapi import AUTH_ERROR, FEEDBACK_ERRORS, MAX_FEEDBACK, PREDICT_ERRORS, document
+from serving.openapi import AUTH_ERROR, FEEDBACK_BODY_BYTES, FEEDBACK_ERRORS, PREDICT_ERRORS, document
 from serving.settings import AppSettings
 from serving.traffic import TrafficCounter, TrafficStats
 from serving.traffic_log import TrafficLog
@@ -44,8 +45,6 @@ from serving.traffic_log import TrafficLog
 log = logging.getLogger("modelyard.serving")
 
 MAX_ITEMS_PER_REQUEST = 64
-FEEDBACK_BODY_BYTES = 512 * 1024
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 api = FastAPI(title="modelyard", description="Predictions from the promoted (champion) model in the MLflow registry.",
               version="1")
@@ -79,48 +78,6 @@ async def _timed(awaitable: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     result = await awaitable
     return result, (time.perf_counter() - start) * 1e3
-
-
-def _labels(body: bytes, classes: list[str], version: str) -> list[dict[str, Any]]:
-    """The label rows of a feedback body, every one checked; InvalidInputError names the first bad one."""
-    import json
-
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInputError("invalid_json", f"the body is not JSON: {exc}") from None
-    many = isinstance(doc, dict) and "feedback" in doc
-    if many and set(doc) != {"feedback"}:
-        raise InvalidInputError("invalid_feedback", "a body with 'feedback' has nothing else")
-    entries = doc["feedback"] if many else [doc]
-    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_FEEDBACK:
-        raise InvalidInputError("invalid_feedback", f"'feedback' must be a list of 1 to {MAX_FEEDBACK} labels")
-    now, rows = time.time(), []
-    for n, entry in enumerate(entries):
-        where = f"feedback[{n}]" if many else "the body"
-        if not isinstance(entry, dict) or set(entry) - {"request_id", "item", "label"}:
-            raise InvalidInputError("invalid_feedback", f"{where} must be an object with request_id, label and "
-                                                        "optionally item")
-        request_id, item, label = entry.get("request_id"), _whole(entry.get("item", 0)), _whole(entry.get("label"))
-        if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
-            raise InvalidInputError("invalid_feedback", f"{where}: request_id must be the X-Request-ID an answer "
-                                                        "came with (1-128 of A-Z a-z 0-9 . _ : -)")
-        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < MAX_ITEMS_PER_REQUEST:
-            raise InvalidInputError("invalid_feedback", f"{where}: item must be the input's place in its request, "
-                                                        f"0 to {MAX_ITEMS_PER_REQUEST - 1}")
-        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(classes):
-            label = classes[label]
-        if not isinstance(label, str) or label not in classes:
-            raise InvalidInputError("unknown_label", f"{where}: label {label!r} is not one of the model's classes "
-                                                     f"({', '.join(classes)}) or their numbers 0-{len(classes) - 1}")
-        rows.append({"time": now, "request_id": request_id, "item": item, "label": label,
-                     "index": classes.index(label), "version": version})
-    return rows
-
-
-def _whole(value: Any) -> Any:
-    """JSON's 2.0 is the integer 2 (JSON Schema says so too)."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 @serve.deployment(name="ModelServer", max_ongoing_requests=64, health_check_period_s=5)
@@ -339,20 +296,25 @@ class ModelServer:
                                   {"no_traffic_log": 409})
         if too_large := protocol.declared_too_large(request, FEEDBACK_BODY_BYTES):
             return too_large
-        if not request.headers.get("content-type", "").startswith("application/json"):
-            return protocol.error("not_json", "send the labels as application/json", {"not_json": 415})
-        body = await protocol.read_body(request, FEEDBACK_BODY_BYTES, self.settings.serve.body_timeout_s)
-        if isinstance(body, JSONResponse):
-            return body
+        statuses = {"not_json": 415, "bad_encoding": 400, "bad_json": 400, "invalid_feedback": 422,
+                    "unknown_label": 422, "not_recorded": 503}
         try:
-            records = _labels(body, champion.predictor.labels, champion.version)
+            content_type = request.headers.get("content-type", "")
+            json_object(b"{}", content_type, "labels as JSON")  # the content type, before reading the body
+            body = await protocol.read_body(request, FEEDBACK_BODY_BYTES, self.settings.serve.body_timeout_s)
+            if isinstance(body, JSONResponse):
+                return body
+            doc = json_object(body, content_type, "labels as JSON")
+            records = parse_labels(doc, champion.predictor.labels, champion.version, MAX_ITEMS_PER_REQUEST)
         except InvalidInputError as exc:
-            return protocol.error(exc.code, exc.message, {"invalid_json": 400, "invalid_feedback": 422,
-                                                          "unknown_label": 422})
-        from modelyard.monitoring.feedback import write_labels
-
-        await asyncio.to_thread(write_labels, self.settings.traffic_dir, self.settings.model_name, records,
-                                self._replica_id)
+            return protocol.error(exc.code, exc.message, statuses)
+        try:
+            await asyncio.to_thread(write_labels, self.settings.traffic_dir, self.settings.model_name, records,
+                                    self._replica_id)
+        except OSError as exc:  # a full or unreachable disk: nothing was recorded, and the caller may retry
+            log.exception("could not record %d labels of %s", len(records), self.settings.model_name)
+            return protocol.error("not_recorded", f"the labels were not recorded ({exc.strerror or exc}); try again",
+                                  statuses)
         return JSONResponse({"accepted": len(records), "task": self.settings.model_name}, status_code=202)
 
 

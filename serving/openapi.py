@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from modelyard.modalities import Codec
+from modelyard.monitoring.feedback import MAX_LABELS, REQUEST_ID_PATTERN
 
 ERROR_BODY = {"application/json": {"schema": {
     "type": "object", "required": ["error", "detail"],
@@ -23,18 +24,18 @@ PREDICT_ERRORS = {
     503: {"description": "the model is still loading", "content": ERROR_BODY},
     **AUTH_ERROR,
 }
+FEEDBACK_BODY_BYTES = 512 * 1024
 FEEDBACK_ERRORS = {
-    400: {"description": "the body is not JSON", "content": ERROR_BODY},
+    400: {"description": "the body is not JSON (or not UTF-8)", "content": ERROR_BODY},
     408: PREDICT_ERRORS[408],
     409: {"description": "this server keeps no traffic log (serve.traffic_log.enabled is off)", "content": ERROR_BODY},
-    413: {"description": "body over 512 KiB", "content": ERROR_BODY},
+    413: {"description": f"body over {FEEDBACK_BODY_BYTES // 1024} KiB", "content": ERROR_BODY},
     415: {"description": "not application/json", "content": ERROR_BODY},
     422: {"description": "a label that is not one of the model's classes, a malformed request id or item, or "
-                         "more than 1000 labels", "content": ERROR_BODY},
+                         f"more than {MAX_LABELS} labels", "content": ERROR_BODY},
     503: PREDICT_ERRORS[503],
     **AUTH_ERROR,
 }
-MAX_FEEDBACK = 1000  # labels in one POST /feedback
 ACCEPTED = {"application/json": {"schema": {
     "type": "object", "required": ["accepted", "task"],
     "properties": {"accepted": {"type": "integer", "description": "labels recorded"},
@@ -44,7 +45,7 @@ ACCEPTED = {"application/json": {"schema": {
 def feedback_body(labels: list[str], max_items: int, max_labels: int) -> dict[str, Any]:
     """POST /feedback's body: one label, or a list of them under `feedback`."""
     one = {"type": "object", "required": ["request_id", "label"], "additionalProperties": False, "properties": {
-        "request_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+        "request_id": {"type": "string", "pattern": f"^{REQUEST_ID_PATTERN}$",
                        "description": "the X-Request-ID header of the answer"},
         "item": {"type": "integer", "minimum": 0, "maximum": max_items - 1, "default": 0,
                  "description": "the input's place in its request (texts and series may send several)"},
@@ -69,7 +70,7 @@ def document(app: FastAPI, codec: Codec, secured: bool, labels: list[str] | None
     schema["paths"]["/predict"]["post"]["requestBody"] = codec.request_body()
     if labels and "/feedback" in schema["paths"]:
         feedback = schema["paths"]["/feedback"]["post"]
-        feedback["requestBody"] = feedback_body(labels, max_items, MAX_FEEDBACK)
+        feedback["requestBody"] = feedback_body(labels, max_items, MAX_LABELS)
         feedback["responses"]["202"] = {"description": "recorded; joined with the traffic log when the feedback set is "
                                                        "built (an id it does not hold is left out then)",
                                         "content": ACCEPTED}

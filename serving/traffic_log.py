@@ -65,7 +65,7 @@ class TrafficLog:
             rows, self._rows = self._rows + new, []
         if not rows:
             return 0
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
+        stamp = profile.stamp()
         by_version: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             by_version.setdefault(row["version"], []).append(row)

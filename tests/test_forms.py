@@ -146,6 +146,16 @@ def test_a_flow_run_cannot_name_a_file_outside_the_data_and_artifact_roots(famil
                          form_defaults(PARAMS) | {"model": {"name": family, field: climb}})
 
 
+def test_a_flow_run_cannot_train_on_a_feedback_set_outside_the_roots(tmp_path):
+    from modelyard.forms import FormError
+
+    form = form_defaults(PARAMS)
+    with pytest.raises(FormError, match=r"data\.feedback=.*outside the runner's data and artifact roots"):
+        config_from_form(PARAMS, NO_RECIPE, form | {"data": form["data"] | {"feedback": str(tmp_path)}})
+    inside = config_from_form(PARAMS, NO_RECIPE, form | {"data": form["data"] | {"feedback": "data/feedback/x"}})
+    assert inside.data.feedback == "data/feedback/x"
+
+
 def test_a_file_inside_the_roots_and_the_named_choices_are_accepted(tmp_path):
     inside = REPO / "artifacts" / "weights-for-a-form-test.pt"
     inside.parent.mkdir(exist_ok=True)  # a fresh clone has no artifacts/ yet

@@ -47,14 +47,10 @@ def record_in_dvc(cfg: PipelineConfig, params_path: str | os.PathLike[str]) -> s
     reason = why_not_recorded(cfg, params_path)
     if reason:
         return f"not recorded in DVC: {reason}"
-    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
-    if dvc is None:
+    if _dvc() is None:
         return "not recorded in DVC: no dvc executable beside this Python or on PATH"
     root = Path(params_path).resolve().parent
-    proc = subprocess.run([dvc, "commit", "--force", *STAGES], cwd=root, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc commit failed: {(proc.stderr or proc.stdout).strip()[-800:]}")
+    _run_dvc(["commit", "--force", *STAGES], root)
     return f"recorded in DVC: dvc commit of {', '.join(STAGES)} in {root}"
 
 
@@ -68,14 +64,22 @@ def add_to_dvc(path: str | os.PathLike[str]) -> dict[str, str]:
     root = next((p for p in path.parents if (p / ".dvc").is_dir()), None)
     if root is None:
         return {"status": "not_added", "reason": f"{path} is in no DVC project"}
-    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
-    if dvc is None:
+    if _dvc() is None:
         return {"status": "not_added", "reason": "no dvc executable beside this Python or on PATH"}
-    proc = subprocess.run([dvc, "add", str(path.relative_to(root))], cwd=root, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc add {path} failed: {(proc.stderr or proc.stdout).strip()[-800:]}")
+    _run_dvc(["add", str(path.relative_to(root))], root)
     dvc_file = path.with_name(path.name + ".dvc")
     md5 = yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
     log.info("dvc add %s: %s", path, md5)
     return {"status": "added", "dvc_file": str(dvc_file), "md5": md5}
+
+
+def _dvc() -> str | None:
+    """The dvc executable beside this Python (the project's environment), else on PATH."""
+    return shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
+
+
+def _run_dvc(args: list[str], root: Path) -> None:
+    proc = subprocess.run([_dvc(), *args], cwd=root, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc {args[0]} failed: {(proc.stderr or proc.stdout).strip()[-800:]}")

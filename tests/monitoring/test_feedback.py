@@ -27,7 +27,7 @@ def log_traffic(traffic: Path, task: str, images, predicted, classes, version: s
         answer = {"index": int(index), "label": classes[index], "scores": scores}
         rows += profile.rows([answer], None, task=task, version=version, request_id=request_id,
                              latency_ms=3.0, inputs=[image])
-    profile.write(rows, traffic / f"task={task}" / f"version={version}" / "r1-20260101T000000.000000.parquet")
+    profile.write(rows, traffic / f"task={task}" / f"version={version}" / f"r1-{profile.stamp()}.parquet")
 
 
 def post(traffic: Path, task: str, labelled: list[tuple[str, int]], classes, version="1") -> None:
@@ -50,7 +50,7 @@ def test_labels_join_the_traffic_and_give_live_accuracy_per_version(tmp_path, te
     post(tmp_path, "t", [(f"a{i}", int(truth[i])) for i in range(10)]
          + [(f"b{i}", int(truth[20 + i])) for i in range(15)] + [("never-logged", 0)], class_names)
     post(tmp_path, "t", [("a0", int(wrong[0]))], class_names)  # a later label for a0 replaces the first
-    frame = feedback.labelled(tmp_path, "t")
+    frame = feedback.labelled(tmp_path, "t", inputs=True)
     assert len(frame) == 25 and "never-logged" not in set(frame["request_id"])
     live = feedback.live_accuracy(frame)
     assert live == {"1": {"accuracy": 0.9, "labelled": 10}, "2": {"accuracy": 0.0, "labelled": 15}}
@@ -138,3 +138,33 @@ def test_the_feedback_set_is_added_to_dvc(tmp_path, test_sample, class_names):
     cached = tmp_path / ".dvc" / "cache" / "files" / "md5" / added["md5"][:2] / added["md5"][2:]
     assert cached.is_file() and {e["relpath"] for e in json.loads(cached.read_text())} >= {"dataset.json"}
     assert add_to_dvc(tmp_path.parent / "elsewhere")["status"] == "not_added"
+
+
+def test_the_monitor_asks_for_retraining_by_its_thresholds():
+    from modelyard.config import RetrainConfig
+    from modelyard.monitoring.monitor import ACCURACY_EVENT, DRIFT_EVENT, LABELS_EVENT, reasons
+
+    rules = RetrainConfig(min_new_labels=100, min_labelled=40, accuracy_drop=0.05)
+    calm = {"version": "3", "drifted": False, "new_labels": 99, "test_accuracy": 0.90,
+            "live": {"3": {"accuracy": 0.86, "labelled": 500}, "2": {"accuracy": 0.10, "labelled": 500}}}
+    assert reasons(calm, rules) == []  # 4 points under its test accuracy; another version's live accuracy aside
+    assert reasons(calm | {"new_labels": 100}, rules) == [LABELS_EVENT]
+    dropped = calm | {"live": {"3": {"accuracy": 0.84, "labelled": 40}}}
+    assert reasons(dropped, rules) == [ACCURACY_EVENT]
+    assert reasons(dropped | {"live": {"3": {"accuracy": 0.5, "labelled": 39}}}, rules) == []  # too few labels
+    assert reasons(calm | {"drifted": True}, rules) == [DRIFT_EVENT]
+    assert reasons(calm | {"drifted": True}, RetrainConfig(on_drift=False)) == []
+    assert reasons(dropped | {"drifted": True, "new_labels": 500}, rules) == [DRIFT_EVENT, LABELS_EVENT, ACCURACY_EVENT]
+
+
+def test_a_label_counts_only_with_a_request_logged_at_most_a_week_before_it(tmp_path, test_sample, class_names):
+    """The monitor joins labels with a week of traffic, not the whole log; the feedback set reads all of it."""
+    old = tmp_path / "task=t" / "version=1"
+    rows = profile.rows([{"index": 1, "label": class_names[1], "scores": {c: 0.1 for c in class_names}}], None,
+                        task="t", version="1", request_id="old", inputs=[test_sample.images[0]])
+    profile.write(rows, old / f"r1-{profile.stamp(time.time() - 8 * 24 * 3600)}.parquet")
+    post(tmp_path, "t", [("old", 1)], class_names)
+    assert feedback.labelled(tmp_path, "t").empty
+    assert list(feedback.labelled(tmp_path, "t", lookback_s=None)["request_id"]) == ["old"]
+    built = feedback.build_feedback_set(tmp_path, "t", class_names, "image", tmp_path / "set", holdout_share=0)
+    assert built["train_rows"] == 1

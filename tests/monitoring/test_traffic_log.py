@@ -176,10 +176,12 @@ def test_labels_posted_for_answered_requests_join_their_inputs(served, class_nam
     assert "Parrot" in refused["unknown_label"].json()["detail"] and "Ankle boot" in refused["unknown_label"].json()["detail"]
 
     deadline = time.monotonic() + 30
-    while len(frame := feedback.labelled(tmp / "traffic", TASK)) < 3 and time.monotonic() < deadline:
+    while len(frame := feedback.labelled(tmp / "traffic", TASK, inputs=True)) < 3 and time.monotonic() < deadline:
         time.sleep(0.5)  # the answers' rows reach the log within a flush
     frame = frame.set_index("request_id")
-    assert [int(frame.loc[i, "index"]) for i in ids] == truth  # none of the refused posts was recorded
+    assert [int(frame.loc[i, "index"]) for i in ids] == truth
+    written = pd.concat([pd.read_parquet(f) for f in feedback.labels_dir(tmp / "traffic", TASK).glob("*.parquet")])
+    assert len(written) == 3  # none of the refused posts was recorded
     for image, request_id in zip(test.images[970:973], ids):
         assert np.array_equal(profile.decode_input(frame.loc[request_id, "input"]), image)
     assert feedback.live_accuracy(frame.reset_index())["1"]["labelled"] == 3

@@ -7,7 +7,6 @@ decision with the event that caused it: in MLflow, on the new version, as a Pref
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -76,8 +75,8 @@ def watched(prefect_api, fashion_mnist_dir, tmp_path_factory):
     runner = subprocess.Popen([sys.executable, "-m", "pipelines.serve_deployments", str(params)], cwd=REPO, env=env,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait("the training deployment and its trigger", lambda: httpx.post(
-            f"{_api()}/automations/filter", json={}, timeout=10).json(), 120)
+        _wait("the training deployment and its trigger", lambda: [a for a in httpx.post(
+            f"{_api()}/automations/filter", json={}, timeout=10).json() if a["name"] == "retrain on monitor events"], 120)
         yield cfg, tmp, state.result()
     finally:
         os.killpg(runner.pid, signal.SIGTERM)
@@ -206,6 +205,10 @@ def test_drift_starts_a_retraining_on_the_feedback_and_the_gate_decides(watched,
         from pipelines.training import training_pipeline
 
         again = training_pipeline(cause={"event": DRIFT_EVENT, "event_id": "second", "task": TASK})
-    assert again["retraining"]["decision"] == "skipped" and "cool-down" in again["retraining"]["reason"]
-    assert json.loads(json.dumps(first["registry"]))["version"] == "1"
+        assert again["retraining"]["decision"] == "skipped" and "cool-down" in again["retraining"]["reason"]
+        # a cause the trigger could not have made is refused before anything runs
+        refused = training_pipeline(cause={"event": DRIFT_EVENT, "event_id": "x", "task": "a' or '1'='1"},
+                                    return_state=True)
+    assert refused.is_failed() and "task" in str(refused.message)
     assert np.isfinite(decided.data.metrics["feedback_holdout_accuracy"])
+    assert first["registry"]["version"] == "1" and first["registry"]["promoted"]

@@ -41,6 +41,13 @@ def read_metadata(dataset_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
 
 
+def contents_sha256(meta: dict[str, Any]) -> str:
+    """One hash of a dataset's contents: of its splits' counts and hashes in dataset.json."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(meta["splits"], sort_keys=True).encode()).hexdigest()
+
+
 def modality_of(meta: dict[str, Any]) -> Modality:
     """The modality a dataset's metadata names."""
     if "modality" not in meta:

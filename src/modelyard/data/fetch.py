@@ -7,8 +7,6 @@ Which sources a dataset has, and how its raw files are read, is the dataset's ow
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -19,7 +17,7 @@ import numpy as np
 from filelock import FileLock
 
 from modelyard.config import DataConfig
-from modelyard.data.dataset import load_split, read_metadata, replace_dir, write_dataset
+from modelyard.data.dataset import contents_sha256, load_split, read_metadata, replace_dir, write_dataset
 from modelyard.data.datasets import DatasetSpec, SourceContext, get_dataset
 from modelyard.modalities import get_modality
 
@@ -71,8 +69,7 @@ def _limits(cfg: DataConfig) -> str:
 
 
 def _feedback_hash(feedback_dir: Path) -> str:
-    meta = read_metadata(feedback_dir)
-    return hashlib.sha256(json.dumps(meta["splits"], sort_keys=True).encode()).hexdigest()
+    return contents_sha256(read_metadata(feedback_dir))
 
 
 def with_feedback(train: Any, feedback_dir: Path, spec: DatasetSpec) -> tuple[Any, dict[str, Any]]:

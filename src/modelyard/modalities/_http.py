@@ -38,6 +38,8 @@ def json_object(body: bytes, content_type: str, what: str) -> dict[str, Any]:
         raise InvalidInputError("bad_encoding", f"the body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
     except ValueError as exc:
         raise InvalidInputError("bad_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise InvalidInputError("bad_json", "the body is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise InvalidInputError("bad_json", f"the body must be a JSON object, got a {type(doc).__name__}")
     return doc

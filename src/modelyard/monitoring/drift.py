@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+MIN_DESCRIBED = 20  # rows a side with a `length` / `unknown_share` before those are tested
+
 
 @dataclass(frozen=True)
 class DriftTest:
@@ -86,7 +88,8 @@ def compare(reference: Any, window: Any, *, alpha: float = 0.01, max_rows: int =
     rng = np.random.default_rng(seed)
     report = DriftReport(reference_rows=len(reference), window_rows=len(window), alpha=alpha)
     ref_emb, win_emb = _embeddings(reference), _embeddings(window)
-    described = [c for c in ("length", "unknown_share") if _finite(reference, c) and _finite(window, c)]
+    described = {c: (_values(reference, c), _values(window, c)) for c in ("length", "unknown_share")}
+    described = {c: v for c, v in described.items() if min(len(v[0]), len(v[1])) >= MIN_DESCRIBED}
     tests = 2 + (ref_emb is not None and win_emb is not None) + len(described)
     bar = alpha / tests
     permutations = max(permutations, int(np.ceil(2 * tests / alpha)))  # the smallest p-value must clear the bar
@@ -105,10 +108,11 @@ def compare(reference: Any, window: Any, *, alpha: float = 0.01, max_rows: int =
         report.tests.append(DriftTest("predicted_class", float(chi2), float(p), bool(p < bar),
                                       f"{counts.shape[1]} class groups (rare classes pooled)"))
 
-    for column in described:
-        ks = stats.ks_2samp(reference[column].to_numpy(), window[column].to_numpy())
+    for column, (ref_values, win_values) in described.items():
+        ks = stats.ks_2samp(ref_values, win_values)
         report.tests.append(DriftTest(column, float(ks.statistic), float(ks.pvalue), bool(ks.pvalue < bar),
-                                      f"median {reference[column].median():.3g} -> {window[column].median():.3g}"))
+                                      f"median {np.median(ref_values):.3g} -> {np.median(win_values):.3g} "
+                                      f"({len(ref_values)} and {len(win_values)} rows with a value)"))
 
     if ref_emb is not None and win_emb is not None:
         ref_emb = ref_emb[rng.permutation(len(ref_emb))[:max_rows]]
@@ -132,9 +136,13 @@ def _merge_rare(counts: np.ndarray, least: float = 5.0) -> np.ndarray:
     return np.concatenate([kept, pooled], axis=1) if (pooled_expected >= least).all() else kept
 
 
-def _finite(frame: Any, column: str) -> bool:
-    """Whether every row of `frame` has a value in `column` (older profiles have no such column)."""
-    return column in frame and bool(np.isfinite(frame[column].to_numpy(dtype=np.float64)).all())
+def _values(frame: Any, column: str) -> np.ndarray:
+    """The finite values of `column` (rows written before it, or that the preprocessor did not describe, have
+    none; older profiles have no such column)."""
+    if column not in frame:
+        return np.zeros(0)
+    values = frame[column].to_numpy(dtype=np.float64)
+    return values[np.isfinite(values)]
 
 
 def _embeddings(frame: Any) -> np.ndarray | None:

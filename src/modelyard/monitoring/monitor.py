@@ -61,7 +61,7 @@ def monitor_task(tracking_uri: str, task: str, traffic_dir: str | Path, out_dir:
         report = drift.compare(reference, window, alpha=alpha)
         result |= {"status": "drift" if report.drifted else "ok", **report.to_dict()}
         plot(reference, window, report, out_dir / "drift.png", title=f"{task} v{version}")
-    result |= _labels(traffic_dir, task, since, found.created, found.tags)
+    result |= _labels(tracking_uri, traffic_dir, task, since, found.created, found.tags)
     result["reasons"] = reasons(result, retrain or RetrainConfig())
     (out_dir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "report.md").write_text(markdown(result))
@@ -95,13 +95,17 @@ def monitor_all(cfg: Any, tasks: list[str] | None = None, *, window_s: float | N
     return results
 
 
-def _labels(traffic_dir: str | Path, task: str, since: float, registered_at: float,
+def _labels(tracking_uri: str, traffic_dir: str | Path, task: str, since: float, registered_at: float,
             tags: dict[str, str]) -> dict[str, Any]:
-    """Live accuracy per version over the window's labels, and the labels posted since `registered_at`."""
+    """Live accuracy per version over the labels posted in the window, and the labels (of inputs the log
+    holds) posted since the version was registered or the task last retrained, whichever is later."""
+    from modelyard.monitoring.retraining import last_retrained
+
     window = feedback.labelled(traffic_dir, task, since=since)
+    count_from = max(registered_at, last_retrained(tracking_uri, task) or 0.0)
     test_accuracy = tags.get("test.accuracy")
     return {"live": feedback.live_accuracy(window),
-            "new_labels": len(feedback.read_labels(traffic_dir, task, since=registered_at)),
+            "new_labels": len(feedback.labelled(traffic_dir, task, since=count_from)),
             "test_accuracy": float(test_accuracy) if test_accuracy is not None else None}
 
 
@@ -164,7 +168,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "| version | live accuracy | labelled requests |", "|---|---|---|"]
         lines += [f"| {v} | {m['accuracy']:.4f} | {m['labelled']} |" for v, m in sorted(result["live"].items())]
         lines += ["", f"Test accuracy of v{result['version']}: {test:.4f}." if test is not None else ""]
-    lines += ["", f"{result.get('new_labels', 0)} labels posted since v{result['version']} was registered."]
+    lines += ["", f"{result.get('new_labels', 0)} labels of logged requests posted since v{result['version']} was "
+                  "registered (or the task last retrained)."]
     if result.get("reasons"):
         lines += ["", "Retraining asked for: " + ", ".join(f"`{r}`" for r in result["reasons"]) + "."]
     return "\n".join(lines) + "\n"

@@ -122,17 +122,34 @@ def write_reference(model_dir: str | Path, inputs: Any, task: str) -> Path:
                  Path(model_dir) / REFERENCE_FILE)
 
 
+def stamp(at: float | None = None) -> str:
+    """A batch's name's time: UTC, to the microsecond (`YYYYmmddTHHMMSS.ffffff`), what `written_at` reads."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(time.time() if at is None else at, UTC).strftime("%Y%m%dT%H%M%S.%f")
+
+
 def written_at(path: Path) -> float:
-    """When a traffic batch was written, from its name (<replica>-<YYYYmmddTHHMMSS.ffffff>.parquet); its mtime
+    """When a traffic batch was written, from its name (<writer>-<YYYYmmddTHHMMSS.ffffff>.parquet); its mtime
     for a name without it."""
     import calendar
 
-    stamp = path.stem.rpartition("-")[2]
+    when = path.stem.rpartition("-")[2]
     try:
-        whole, _, fraction = stamp.partition(".")
+        whole, _, fraction = when.partition(".")
         return calendar.timegm(time.strptime(whole, "%Y%m%dT%H%M%S")) + float(f"0.{fraction or 0}")
     except ValueError:
         return path.stat().st_mtime
+
+
+def traffic_files(traffic_dir: str | Path, task: str, version: str | None = None,
+                  since: float | None = None) -> list[Path]:
+    """A task's traffic batches (one version's, or all), those written since `since` (UTC seconds) only."""
+    root = Path(traffic_dir) / f"task={task}"
+    files = sorted((root / f"version={version}").glob("*.parquet") if version else root.glob("version=*/*.parquet"))
+    if since is not None:  # a batch is named by when it was written, after all its rows: older ones are skipped
+        files = [f for f in files if written_at(f) >= since]
+    return files
 
 
 def read_traffic(traffic_dir: str | Path, task: str, version: str | None = None, since: float | None = None) -> Any:
@@ -141,10 +158,7 @@ def read_traffic(traffic_dir: str | Path, task: str, version: str | None = None,
     import pandas as pd
     import pyarrow.parquet as pq
 
-    root = Path(traffic_dir) / f"task={task}"
-    files = sorted((root / f"version={version}").glob("*.parquet") if version else root.glob("version=*/*.parquet"))
-    if since is not None:  # a batch is named by when it was written, after all its rows: older ones are skipped
-        files = [f for f in files if written_at(f) >= since]
+    files = traffic_files(traffic_dir, task, version, since)
     if not files:
         return pd.DataFrame(columns=list(COLUMNS))
     frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)

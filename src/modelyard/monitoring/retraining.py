@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from modelyard.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -28,13 +30,14 @@ REASON_TAG = "modelyard.retrain.reason"
 DECIDED_EVENT = "modelyard.retrain.decided"
 
 
-@dataclass(frozen=True)
-class Cause:
-    """The event a retraining run answers (what the training deployment's trigger passes)."""
+class Cause(BaseModel):
+    """The event a retraining run answers: what the training deployment's trigger passes as `cause`."""
 
-    event: str
-    event_id: str
-    task: str
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: str = Field(pattern=r"^[a-z0-9_.-]{1,100}$", description="The event's name, e.g. modelyard.drift.detected.")
+    event_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$", description="The event's id.")
+    task: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="The registered model to retrain.")
 
     def tags(self) -> dict[str, str]:
         return {"modelyard.retrain.event": self.event, "modelyard.retrain.event_id": self.event_id,
@@ -60,24 +63,42 @@ def task_config(cfg: PipelineConfig, task: str) -> PipelineConfig:
     return PipelineConfig.model_validate(doc)
 
 
-def cooling_down(cfg: PipelineConfig, task: str) -> str | None:
-    """Why `task` may not be retrained now (a retraining of it started within the cool-down, running or
-    decided; skipped and failed ones do not count), or None."""
+def _retrainings(tracking_uri: str, task: str, since_s: float | None = None) -> list[Any]:
+    """The task's retrainings that hold the cool-down (running or decided; not skipped or failed), started
+    since `since_s` (UTC seconds), newest first."""
     from modelyard.registry.store import client
 
-    minutes = cfg.monitor.retrain.cooldown_min
-    mlflow = client(cfg.registry.resolved_tracking_uri())
+    mlflow = client(tracking_uri)
     experiment = mlflow.get_experiment_by_name(RETRAIN_EXPERIMENT)
-    if not minutes or experiment is None:
+    if experiment is None:
+        return []
+    when = f" and attributes.start_time > {int(since_s * 1000)}" if since_s is not None else ""
+    runs = mlflow.search_runs([experiment.experiment_id], max_results=200, order_by=["attributes.start_time DESC"],
+                              filter_string=f"tags.`{TASK_TAG}` = '{task}'{when}")
+    return [r for r in runs if r.data.tags.get(DECISION_TAG) in ("running", "promoted", "refused")]
+
+
+def last_retrained(tracking_uri: str, task: str) -> float | None:
+    """When the task's newest retraining began (UTC seconds), or None."""
+    runs = _retrainings(tracking_uri, task)
+    return runs[0].info.start_time / 1000 if runs else None
+
+
+def cooling_down(cfg: PipelineConfig, task: str, own_run_id: str) -> str | None:
+    """Why the retraining of `task` whose run is `own_run_id` (`begin`) may not go on: another began before it
+    within the cool-down. Two begun at once: the earlier (by start time, then run id) goes on."""
+    minutes = cfg.monitor.retrain.cooldown_min
+    if not minutes:
         return None
-    since_ms = int((time.time() - minutes * 60) * 1000)
-    runs = mlflow.search_runs([experiment.experiment_id], max_results=100, order_by=["attributes.start_time DESC"],
-                              filter_string=f"tags.`{TASK_TAG}` = '{task}' and attributes.start_time > {since_ms}")
-    counted = [r for r in runs if r.data.tags.get(DECISION_TAG) in ("running", "promoted", "refused")]
-    if not counted:
+    runs = _retrainings(cfg.registry.resolved_tracking_uri(), task, since_s=time.time() - minutes * 60 - 60)
+    own = next((r for r in runs if r.info.run_id == own_run_id), None)
+    key = (own.info.start_time, own_run_id) if own else (int(time.time() * 1000), own_run_id)
+    earlier = [r for r in runs if r.info.run_id != own_run_id and (r.info.start_time, r.info.run_id) < key
+               and (key[0] - r.info.start_time) / 60000 < minutes]
+    if not earlier:
         return None
-    last = counted[0]
-    return (f"a retraining of {task} started {(time.time() - last.info.start_time / 1000) / 60:.1f} min ago (MLflow "
+    last = earlier[0]
+    return (f"a retraining of {task} began {(key[0] - last.info.start_time) / 60000:.1f} min before this one (MLflow "
             f"run {last.info.run_id}: {last.data.tags.get(DECISION_TAG)}); the cool-down is {minutes:g} min")
 
 
@@ -176,7 +197,7 @@ def record(cfg: PipelineConfig, run_id: str, decision: Decision, feedback: dict[
 
     uri = cfg.registry.resolved_tracking_uri()
     decision.decided_at = time.time()
-    tags = Cause(decision.event, decision.event_id, decision.task).tags() | {
+    tags = Cause(event=decision.event, event_id=decision.event_id, task=decision.task).tags() | {
         DECISION_TAG: decision.decision, REASON_TAG: decision.reason[:4000]}
     if feedback:
         tags |= {"modelyard.feedback.sha256": feedback["sha256"],

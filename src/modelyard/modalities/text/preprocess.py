@@ -148,11 +148,21 @@ class TextPreprocessor(Preprocessor):
         return [{"truncated": bool(flag)} for flag in self.tokenize(texts)[2]]
 
     def describe(self, texts: list[str]) -> list[dict[str, float]]:
-        unknown = self.tokenizer.token_to_id("[UNK]")
+        """Each text's length in tokens (all of them: a text longer than max_length counts whole) and the
+        share of them the vocabulary does not know."""
+        whole = self.__dict__.get("_whole_tokenizer")
+        if whole is None:  # the same tokenizer without the truncation the model's inputs get
+            from tokenizers import Tokenizer
+
+            whole = Tokenizer.from_str(self.tokenizer_json)
+            whole.no_padding()
+            whole.no_truncation()
+            self.__dict__["_whole_tokenizer"] = whole
+        unknown = whole.token_to_id("[UNK]")
         if unknown is None:
-            unknown = self.tokenizer.token_to_id("<unk>")
+            unknown = whole.token_to_id("<unk>")
         out = []
-        for enc in self.tokenizer.encode_batch(list(texts), add_special_tokens=False):
+        for enc in whole.encode_batch(list(texts), add_special_tokens=False):
             n = len(enc.ids)
             share = sum(i == unknown for i in enc.ids) / n if n and unknown is not None else float("nan")
             out.append({"length": float(n), "unknown_share": float(share)})
